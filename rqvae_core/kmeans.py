@@ -1,0 +1,60 @@
+"""k-means++ seeding and Lloyd iterations, used to initialise codebooks from data.
+
+Random codebooks leave most codes far from any residual, so they are never
+picked and collapse; seeding from k-means of the first batch puts every code
+where data actually is (Zeghidour et al., SoundStream; standard in RQ-VAE repos).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class KMeansResult(NamedTuple):
+    centers: torch.Tensor  # (k, d)
+    assignments: torch.Tensor  # (n,) long
+
+
+def squared_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """(n, k) squared euclidean distances, via ||x||² − 2x·c + ||c||² (clamped at 0)."""
+    d = x.pow(2).sum(-1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(-1)[None, :]
+    return d.clamp_min_(0)
+
+
+def kmeans_plus_plus(x: torch.Tensor, *, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Arthur & Vassilvitskii seeding: each new center drawn ∝ squared distance to the nearest chosen one."""
+    n = x.shape[0]
+    first = torch.randint(n, (1,), generator=generator, device="cpu").item()
+    centers = [x[first]]
+    closest = squared_distances(x, x[first : first + 1]).squeeze(1)
+    for _ in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # every point already coincides with a center: take any
+            idx = torch.randint(n, (1,), generator=generator, device="cpu").item()
+        else:
+            probs = (closest / total).cpu()
+            idx = torch.multinomial(probs, 1, generator=generator).item()
+        centers.append(x[idx])
+        closest = torch.minimum(closest, squared_distances(x, x[idx : idx + 1]).squeeze(1))
+    return torch.stack(centers)
+
+
+@torch.no_grad()
+def kmeans(x: torch.Tensor, *, k: int, iters: int = 10, generator: torch.Generator | None = None) -> KMeansResult:
+    """k-means++ then ``iters`` Lloyd steps. With fewer points than k, points are resampled with jitter."""
+    x = x.detach().float()
+    if x.shape[0] < k:
+        extra = torch.randint(x.shape[0], (k - x.shape[0],), generator=generator, device="cpu").to(x.device)
+        jitter = 1e-3 * x.std().clamp_min(1e-6) * torch.randn(k - x.shape[0], x.shape[1], generator=generator).to(x.device)
+        x = torch.cat([x, x[extra] + jitter])
+    centers = kmeans_plus_plus(x, k=k, generator=generator)
+    assignments = squared_distances(x, centers).argmin(-1)
+    for _ in range(iters):
+        sums = torch.zeros_like(centers).index_add_(0, assignments, x)
+        counts = torch.bincount(assignments, minlength=k).to(x.dtype)
+        filled = counts > 0
+        centers[filled] = sums[filled] / counts[filled, None]  # empty clusters keep their seed
+        assignments = squared_distances(x, centers).argmin(-1)
+    return KMeansResult(centers=centers, assignments=assignments)

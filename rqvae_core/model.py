@@ -1,0 +1,121 @@
+"""The RQ-VAE: MLP encoder → residual quantizer → mirrored MLP decoder."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from rqvae_core.config import RQVAEConfig
+from rqvae_core.quantize import ResidualQuantizer
+
+
+class RQVAEOutput(NamedTuple):
+    recon: torch.Tensor  # (B, input_dim)
+    z: torch.Tensor  # (B, embed_dim) encoder output (the VAE sample when vae=True)
+    quantized: torch.Tensor  # (B, embed_dim)
+    codes: torch.Tensor  # (B, L) long
+    loss: torch.Tensor
+    recon_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    kl_loss: torch.Tensor
+
+
+class Encoded(NamedTuple):
+    """What assignment needs per item, computed in eval mode."""
+
+    codes: torch.Tensor  # (N, L) long
+    distance: torch.Tensor  # (N,) ‖z − Σ codewords‖: how well the ID explains the item
+    quantized: torch.Tensor  # (N, embed_dim) Σ codewords (the item's "codeword embedding")
+    last_residual: torch.Tensor  # (N, embed_dim) residual entering the last level (overflow moves)
+    recon: torch.Tensor  # (N, input_dim) decoder output of the quantized vector
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them, none after the last (its output is a code or a vector)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    def __init__(self, *, config: RQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        torch.manual_seed(c.seed)
+        enc_out = 2 * c.embed_dim if c.vae else c.embed_dim  # mean and log-variance for the β-VAE
+        self.encoder = mlp([c.input_dim, *c.hidden_dims, enc_out])
+        self.decoder = mlp([c.embed_dim, *reversed(c.hidden_dims), c.input_dim])
+        if c.vae:  # start with little sampling noise so codes can form before the KL term shapes z
+            with torch.no_grad():
+                self.encoder[-1].bias[c.embed_dim :].fill_(-6.0)
+        self.quantizer = ResidualQuantizer(
+            n_levels=c.n_levels,
+            dim=c.embed_dim,
+            codebook_size=c.codebook_size,
+            mode=c.quantizer,
+            cosine=c.cosine,
+            ema=c.ema,
+            ema_decay=c.ema_decay,
+            simvq=c.simvq,
+            kmeans_init=c.kmeans_init,
+            kmeans_iters=c.kmeans_iters,
+            dead_code_window=c.dead_code_window,
+            use_sinkhorn=c.sinkhorn,
+            sinkhorn_epsilon=c.sinkhorn_epsilon,
+            sinkhorn_iters=c.sinkhorn_iters,
+            seed=c.seed,
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent z and the KL term (0 unless the variational bottleneck is on)."""
+        h = self.encoder(x)
+        if not self.config.vae:
+            return h, h.new_zeros(())
+        mu, logvar = h.chunk(2, dim=-1)
+        logvar = logvar.clamp(-10, 10)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return z, kl
+
+    def forward(self, x: torch.Tensor) -> RQVAEOutput:
+        c = self.config
+        z, kl = self.encode(x)
+        q = self.quantizer(z)
+        recon = self.decoder(q.quantized)
+        recon_loss = (recon - x).pow(2).sum(-1).mean()
+        loss = recon_loss + q.codebook_loss + c.beta * q.commitment_loss + c.vae_beta * kl
+        return RQVAEOutput(recon, z, q.quantized, q.codes, loss, recon_loss, q.codebook_loss, q.commitment_loss, kl)
+
+    @torch.no_grad()
+    def encode_items(self, x: torch.Tensor) -> Encoded:
+        """Codes and distances for a batch, deterministic (eval mode, VAE mean)."""
+        was_training = self.training
+        self.eval()
+        try:
+            z, _ = self.encode(x)
+            q = self.quantizer(z)
+            return Encoded(
+                codes=q.codes,
+                distance=q.residual.norm(dim=-1),
+                quantized=q.quantized,
+                last_residual=q.last_residual,
+                recon=self.decoder(q.quantized),
+            )
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def last_level_distances(self, last_residual: torch.Tensor) -> torch.Tensor:
+        """(N, K) distances from residuals entering the last level to each last-level codeword."""
+        return self.quantizer.levels[-1].distances(last_residual).sqrt()
+
+    def codebooks(self) -> torch.Tensor:
+        """(L, K, embed_dim) effective codebooks (after SimVQ maps / normalisation)."""
+        return torch.stack([level.codebook.detach() for level in self.quantizer.levels])

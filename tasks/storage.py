@@ -1,0 +1,145 @@
+"""One place for local-or-S3 IO.
+
+Every task addresses data by URI (a local path or ``s3://bucket/key``). S3
+credentials and the endpoint come only from the standard AWS chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_ENDPOINT_URL``/profiles),
+never from our config, so they cannot leak into manifests or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class StorageError(RuntimeError):
+    """A read or write against the output or input store failed."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(fs, path)``; for S3 the path has no scheme (``bucket/key``)."""
+    if is_s3(uri):
+        import s3fs
+
+        # s3fs/botocore read AWS_ENDPOINT_URL and credentials from the environment.
+        # skip_instance_cache: an endpoint change between runs must be honoured.
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        return fs, uri[len("s3://"):].rstrip("/")
+    fs = fsspec.filesystem("file")
+    return fs, os.path.abspath(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts under a URI (posix separators for S3, OS ones locally)."""
+    if is_s3(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    parent = posixpath.dirname(path)
+    if not is_s3(uri):
+        os.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri).decode())
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    """Write one Parquet file at ``uri`` (parent folders created locally)."""
+    fs, path = filesystem(uri)
+    if not is_s3(uri):
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+    pq.write_table(table, path, filesystem=fs, compression="zstd")
+
+
+def list_parquet(prefix_uri: str) -> list[str]:
+    """Sorted URIs of the ``*.parquet`` files directly under a prefix."""
+    fs, path = filesystem(prefix_uri)
+    if not fs.exists(path):
+        return []
+    names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    if is_s3(prefix_uri):
+        return ["s3://" + p for p in names]
+    return names
+
+
+def read_parquet(prefix_or_file_uri: str) -> pa.Table:
+    """Read a Parquet file, or every ``*.parquet`` under a prefix, into one table."""
+    fs, path = filesystem(prefix_or_file_uri)
+    if path.endswith(".parquet"):
+        return pq.read_table(path, filesystem=fs)
+    files = list_parquet(prefix_or_file_uri)
+    if not files:
+        raise StorageError(f"no parquet files under {prefix_or_file_uri}")
+    tables = [pq.read_table(filesystem(f)[1], filesystem=fs) for f in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def copy_tree(src_uri: str, dst_uri: str) -> None:
+    """Copy every file under ``src_uri`` to the same relative place under ``dst_uri``."""
+    fs, src = filesystem(src_uri)
+    _, dst = filesystem(dst_uri)
+    for f in sorted(fs.find(src)):
+        rel = posixpath.relpath(f, src)
+        target = posixpath.join(dst, rel)
+        if not is_s3(dst_uri):
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+        fs.copy(f, target)
+
+
+def polars_storage_options(uri: str) -> dict[str, str] | None:
+    """object_store options for polars, built from the standard AWS environment."""
+    if not is_s3(uri):
+        return None
+    opts: dict[str, str] = {}
+    env_map = {
+        "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+        "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+        "AWS_SESSION_TOKEN": "aws_session_token",
+        "AWS_DEFAULT_REGION": "aws_region",
+        "AWS_REGION": "aws_region",
+        "AWS_ENDPOINT_URL": "aws_endpoint_url",
+        "AWS_ENDPOINT_URL_S3": "aws_endpoint_url",
+    }
+    for env, key in env_map.items():
+        if os.environ.get(env):
+            opts[key] = os.environ[env]
+    if opts.get("aws_endpoint_url", "").startswith("http://"):
+        opts["aws_allow_http"] = "true"
+    return opts or None
