@@ -44,7 +44,7 @@ class RQVAEConfig:
     """SimVQ: a frozen random codebook times a learned linear map, so all codes move together."""
     kmeans_init: bool = True
     kmeans_iters: int = 10
-    dead_code_window: int = 100
+    dead_code_window: int = 20
     """Steps a code may go unused before it is re-seeded from current residuals (0 = never)."""
     # variational bottleneck (beta-VAE), off by default
     vae: bool = False
@@ -52,7 +52,7 @@ class RQVAEConfig:
     # optimisation
     lr: float = 5e-4
     weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0

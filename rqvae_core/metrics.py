@@ -187,11 +187,31 @@ class MetricsAccumulator:
         x = x.astype(dtype, copy=False)
         r = r.astype(dtype, copy=False)
         diff = x - r
-        self._sq_err += float(_row_dot(diff, diff).sum())
-        self._abs_err += float(np.abs(diff).sum(axis=1, dtype=np.float64).sum())
-        self._cos_sum += float(_rowwise_cosine(x, r).sum())
-        self._n_values += diff.size
-        self._n_items += x.shape[0]
+        self.update_rows(
+            sq_err=_row_dot(diff, diff),
+            abs_err=np.abs(diff).sum(axis=1, dtype=np.float64),
+            cosine=_rowwise_cosine(x, r),
+            dim=x.shape[1],
+            codes=c,
+        )
+
+    def update_rows(self, *, sq_err: Any, abs_err: Any, cosine: Any, dim: int, codes: Any) -> None:
+        """Add rows already reduced where the vectors live (e.g. inside a Ray worker).
+
+        sq_err/abs_err: (B,) per-row sums over the D dimensions; cosine: (B,)
+        per-row cosine(input, recon). Lets a distributed encoder ship 3 floats
+        per item to the driver instead of two D-dim vectors.
+        """
+        c = _to_numpy(codes).astype(np.int64, copy=False)
+        if c.shape[0] == 0:
+            return
+        if c.min() < 0 or c.max() >= self.codebook_size:
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{c.min()}, {c.max()}]")
+        self._sq_err += float(np.asarray(sq_err, dtype=np.float64).sum())
+        self._abs_err += float(np.asarray(abs_err, dtype=np.float64).sum())
+        self._cos_sum += float(np.asarray(cosine, dtype=np.float64).sum())
+        self._n_values += c.shape[0] * int(dim)
+        self._n_items += c.shape[0]
 
         # per-level counts in one bincount: offset level l by l*K
         offsets = np.arange(self.n_levels, dtype=np.int64) * self.codebook_size

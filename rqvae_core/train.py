@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from rqvae_core.config import RQVAEConfig
@@ -33,6 +34,19 @@ def temperature_at(step: int, *, total_steps: int, start: float, end: float) -> 
     """Exponential Gumbel temperature annealing from ``start`` to ``end`` over the run."""
     progress = min(1.0, step / max(1, total_steps))
     return start * (end / start) ** progress
+
+
+def _global_epoch_stats(sums: dict[str, float], n: int, used: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """Average over every DDP rank, so all ranks see the same metrics and stop at the same epoch."""
+    keys = sorted(sums)
+    if not (dist.is_available() and dist.is_initialized()):
+        return {k: sums[k] / n for k in keys}, used
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    totals = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    flags = used.to(device=device, dtype=torch.int32)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}, flags.bool().cpu()
 
 
 def unwrap(model: nn.Module) -> RQVAE:
@@ -141,7 +155,7 @@ def fit(
             n += 1
         if n == 0:
             raise ValueError(f"epoch {epoch} yielded no batches")
-        means = {k: v / n for k, v in sums.items()}
+        means, used = _global_epoch_stats(sums, n, used)
         metrics = EpochMetrics(
             epoch=epoch, steps=trainer.step_count, lr=float(last["lr"]), temperature=float(last["temperature"]),
             code_usage=used.float().mean(1).tolist(), nonfinite=not all(math.isfinite(v) for v in means.values()), **means,

@@ -60,12 +60,12 @@ class ModelConfig(_Strict):
     simvq: bool = False
     kmeans_init: bool = True
     kmeans_iters: int = Field(10, ge=0)
-    dead_code_window: int = Field(100, ge=0)
+    dead_code_window: int = Field(20, ge=0)
     vae: bool = False
     vae_beta: float = Field(1e-3, ge=0)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.1, gt=0, le=1)
     grad_clip: float = Field(1.0, ge=0)
 
@@ -75,7 +75,7 @@ class ModelConfig(_Strict):
 
 class FitConfig(_Strict):
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(512, ge=2)
+    batch_size: int = Field(256, ge=2)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool | Literal["auto"] = "auto"
     early_stop_patience: int = Field(5, ge=0)

@@ -8,6 +8,7 @@ never from our config, so they cannot leak into manifests or logs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -26,14 +27,23 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(env_key: tuple[str | None, ...]) -> fsspec.AbstractFileSystem:
+    import s3fs
+
+    # s3fs/botocore read AWS_ENDPOINT_URL and credentials from the environment; the cache key
+    # is that environment, so a changed endpoint or identity gets a fresh client.
+    return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(fs, path)``; for S3 the path has no scheme (``bucket/key``)."""
     if is_s3(uri):
-        import s3fs
-
-        # s3fs/botocore read AWS_ENDPOINT_URL and credentials from the environment.
-        # skip_instance_cache: an endpoint change between runs must be honoured.
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs = _s3(tuple(os.environ.get(k) for k in _AWS_ENV))
+        fs.invalidate_cache()  # listings must reflect what other processes wrote
         return fs, uri[len("s3://"):].rstrip("/")
     fs = fsspec.filesystem("file")
     return fs, os.path.abspath(uri)
@@ -111,16 +121,16 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def copy_tree(src_uri: str, dst_uri: str) -> None:
-    """Copy every file under ``src_uri`` to the same relative place under ``dst_uri``."""
-    fs, src = filesystem(src_uri)
-    _, dst = filesystem(dst_uri)
-    for f in sorted(fs.find(src)):
+def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
+    """Copy every file under ``src_uri`` (local or S3) to the same relative place under ``dst_uri``."""
+    src_fs, src = filesystem(src_uri)
+    copied = []
+    for f in sorted(src_fs.find(src)):
         rel = posixpath.relpath(f, src)
-        target = posixpath.join(dst, rel)
-        if not is_s3(dst_uri):
-            os.makedirs(posixpath.dirname(target), exist_ok=True)
-        fs.copy(f, target)
+        with src_fs.open(f, "rb") as fh:
+            write_bytes(join(dst_uri, *rel.split("/")), fh.read())
+        copied.append(rel)
+    return copied
 
 
 def polars_storage_options(uri: str) -> dict[str, str] | None:

@@ -1,0 +1,124 @@
+"""``semid``: the one console script. Subcommands: run, sample, inspect, similar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+_QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semid", description="Semantic-ID tokenization of item catalogs (RQ-VAE, Ray, Prefect).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the full flow on a catalog and print the output prefix",
+                         description="Ingest → embed → fit → assign → export, as one Prefect flow run.")
+    run.add_argument("--catalog", required=True, help="catalog file: .csv .tsv .item .jsonl .json .parquet, local path or s3://")
+    run.add_argument("--out", required=True, help="output root, local path or s3://bucket/prefix; the run goes to OUT/NAME/RUN_ID/")
+    run.add_argument("--name", help="catalog name used in the output path (default: the catalog file's stem)")
+    run.add_argument("--run-id", help="run id used in the output path (default: UTC timestamp, e.g. 20261125T030000Z); re-using an unfinished run id resumes it")
+    run.add_argument("--id-column", help="column holding the item id (default: item_id)")
+    run.add_argument("--text-columns", help="comma-separated columns joined into the item text (default: title,brand,categories,description when present)")
+    run.add_argument("--config", help="JSON file with pipeline settings (sections: ingest, embed, model, fit, assign; plus seed)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config field, e.g. --set fit.epochs=20 --set model.codebook_size=128 (repeatable)")
+    run.add_argument("--prior-run", help="a published run prefix: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
+
+    sample = sub.add_parser("sample", help="write a synthetic product catalog (CSV)", description="Write a realistic synthetic product catalog, deterministic by seed.")
+    sample.add_argument("--out", required=True, help="CSV file to write")
+    sample.add_argument("--n", type=int, default=3000, help="number of items (default 3000)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    inspect = sub.add_parser("inspect", help="summarise a finished run", description="Counts, quality headline and a few items per top-level code.")
+    inspect.add_argument("prefix", help="a run prefix OUT/NAME/RUN_ID (local or s3://)")
+    inspect.add_argument("--codes", type=int, default=3, help="number of top-level codes to show (default 3)")
+    inspect.add_argument("--per-code", type=int, default=4, help="items shown per top-level code (default 4)")
+
+    similar = sub.add_parser("similar", help="items most similar to one item by semantic ID", description="Ranked by shared ID prefix, then distance between codeword embeddings.")
+    similar.add_argument("prefix", help="a run prefix OUT/NAME/RUN_ID (local or s3://)")
+    similar.add_argument("item_id", help="the query item's id")
+    similar.add_argument("-k", type=int, default=10, help="number of similar items (default 10)")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tasks.config import load_config
+
+    overrides = list(args.overrides)
+    if args.id_column:
+        overrides.append(f"ingest.id_column={json.dumps(args.id_column)}")
+    if args.text_columns:
+        overrides.append(f"ingest.text_columns={json.dumps([c.strip() for c in args.text_columns.split(',') if c.strip()])}")
+    config = load_config(args.config, overrides)
+    from flows.retokenize import retokenize
+
+    result = retokenize(catalog=args.catalog, out=args.out, name=args.name, run_id=args.run_id, config=config, prior_run=args.prior_run)
+    c = result["counts"]
+    print(f"semantic IDs: {result['prefix']}  (input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']})")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from tasks.sample_catalog import write_sample_catalog
+
+    n = write_sample_catalog(out_path=args.out, n=args.n, seed=args.seed)
+    print(f"wrote {n} items to {args.out}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from flows.runs import inspect_run
+
+    print(inspect_run(args.prefix, n_codes=args.codes, per_code=args.per_code))
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from flows.runs import similar_items
+
+    print(similar_items(args.prefix, args.item_id, k=args.k))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar}
+    from pydantic import ValidationError
+
+    from tasks.ingest import IngestError
+
+    try:
+        return handlers[args.command](args)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
+        print("semid: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (IngestError, ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"semid: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("semid: interrupted; re-run with the same --run-id to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a failed run: one readable line, the traceback is in the Prefect log
+        print(f"semid: run failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

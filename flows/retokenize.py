@@ -1,0 +1,133 @@
+"""The product's main job as one Prefect flow: ingest → embed → fit → assign → export.
+
+The flow only wires: each task calls one stage function in ``tasks/`` and
+passes small manifests along. Ray runs in-process (local) unless
+``RAY_ADDRESS`` is set; Prefect uses its ephemeral API unless
+``PREFECT_API_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from tasks import storage
+from tasks.assign import assign
+from tasks.config import PipelineConfig
+from tasks.embed import embed
+from tasks.export import export, is_published
+from tasks.fit import fit_model, reuse_model
+from tasks.ingest import ingest
+from tasks.manifest import StageManifest
+from tasks.ray_runtime import ray_session
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunSpecError(ValueError):
+    """A run name, run id or output location that cannot be used safely."""
+
+
+def default_name(catalog: str) -> str:
+    stem = PurePosixPath(catalog.rstrip("/")).name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or "catalog"
+
+
+def default_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def check_safe(kind: str, value: str) -> str:
+    """Names become path segments: refuse anything that could leave the output prefix."""
+    if not SAFE_NAME.match(value) or value in {".", ".."} or ".." in value:
+        raise RunSpecError(f"{kind} {value!r} is not allowed: use letters, digits, '.', '_' and '-' only (no '/', no '..')")
+    return value
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry transient failures (a lost Ray worker, S3 hiccups); bad input fails at once."""
+    try:
+        state.result()
+    except (ValueError, FileNotFoundError, PermissionError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _log_stage(m: StageManifest) -> StageManifest:
+    get_run_logger().info("%s %s in %.1fs: %s", m.stage, "resumed" if m.resumed else "done", m.seconds, m.counts)
+    return m
+
+
+@task(name="ingest", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
+def ingest_task(catalog: str, work: str, config: PipelineConfig) -> StageManifest:
+    return _log_stage(ingest(catalog_uri=catalog, work_uri=work, config=config.ingest))
+
+
+@task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
+def embed_task(items: StageManifest, work: str, cache: str, config: PipelineConfig) -> StageManifest:
+    return _log_stage(embed(items_uri=items.outputs["items"], work_uri=work, cache_uri=cache, config=config.embed))
+
+
+@task(name="fit", retries=0)
+def fit_task(embedded: StageManifest, work: str, config: PipelineConfig, prior_run: str | None) -> StageManifest:
+    dim = embedded.info["dim"]
+    if prior_run:
+        return _log_stage(reuse_model(prior_model_uri=storage.join(prior_run, "model"), work_uri=work, dim=dim))
+    return _log_stage(fit_model(embeddings_uri=embedded.outputs["embeddings"], embeddings_hash=embedded.input_hash, n_items=embedded.counts["items"], dim=dim, work_uri=work, config=config))
+
+
+@task(name="assign", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
+def assign_task(embedded: StageManifest, fitted: StageManifest, work: str, config: PipelineConfig, prior_run: str | None) -> StageManifest:
+    return _log_stage(assign(
+        embeddings_uri=embedded.outputs["embeddings"], embeddings_hash=embedded.input_hash, model_uri=fitted.outputs["model"],
+        model_hash=fitted.info.get("model_hash", fitted.input_hash), work_uri=work, config=config, prior_run=prior_run,
+    ))
+
+
+@task(name="export", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
+def export_task(prefix: str, stages: dict[str, StageManifest], run: dict[str, Any]) -> dict[str, Any]:
+    manifest = export(prefix=prefix, stages=stages, run=run)
+    get_run_logger().info("published %s: %s", prefix, manifest["counts"])
+    return manifest
+
+
+@flow(name="retokenize", log_prints=True)
+def retokenize(
+    catalog: str,
+    out: str,
+    name: str | None = None,
+    run_id: str | None = None,
+    config: PipelineConfig = PipelineConfig(),
+    prior_run: str | None = None,
+) -> dict[str, Any]:
+    """Tokenize one catalog into semantic IDs under ``<out>/<name>/<run_id>/``.
+
+    ``prior_run``: a published run prefix whose model is reused frozen and whose
+    IDs are kept for unchanged items (stable nightly re-tokenization).
+    """
+    logger = get_run_logger()
+    name = check_safe("catalog name", name or default_name(catalog))
+    run_id = check_safe("run id", run_id or default_run_id())
+    prefix = storage.join(out, name, run_id)
+    if is_published(prefix):
+        logger.info("%s is already published; runs are immutable, nothing to do", prefix)
+        return {"prefix": prefix, "counts": storage.read_json(storage.join(prefix, "manifest.json"))["counts"], "skipped": True}
+    if prior_run and not is_published(prior_run):
+        raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
+    work = storage.join(out, name, "_work", run_id)
+    cache = storage.join(out, "_cache", "embeddings")
+    run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run}
+    with ray_session():
+        items = ingest_task(catalog, work, config)
+        embedded = embed_task(items, work, cache, config)
+        fitted = fit_task(embedded, work, config, prior_run)
+        assigned = assign_task(embedded, fitted, work, config, prior_run)
+        manifest = export_task(prefix, {"ingest": items, "embed": embedded, "fit": fitted, "assign": assigned}, run)
+    storage.remove(work)
+    return {"prefix": prefix, "counts": manifest["counts"], "skipped": False}

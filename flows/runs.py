@@ -1,0 +1,82 @@
+"""Read a published run back: the summary behind ``semid inspect`` and ``semid similar``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from rqvae_core.similarity import top_k_similar
+from tasks import storage
+from tasks.export import is_published
+from tasks.fit import load_model
+
+
+class RunNotFound(FileNotFoundError):
+    pass
+
+
+def _published(prefix: str) -> None:
+    if not is_published(prefix):
+        raise RunNotFound(f"{prefix} is not a finished run (no _SUCCESS)")
+
+
+def _ids_with_text(prefix: str) -> pa.Table:
+    ids = storage.read_parquet(storage.join(prefix, "semantic_ids"))
+    items = storage.read_parquet(storage.join(prefix, "items")).select(["item_id", "text"])
+    return ids.join(items, "item_id", join_type="left outer").sort_by("item_id")
+
+
+def _short(text: str | None, width: int = 90) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def inspect_run(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> str:
+    _published(prefix)
+    manifest = storage.read_json(storage.join(prefix, "manifest.json"))
+    quality = storage.read_json(storage.join(prefix, "quality.json"))
+    c = manifest["counts"]
+    lines = [
+        f"run        {manifest['catalog']}/{manifest['run_id']}  ({prefix})",
+        f"counts     input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']}",
+        f"quarantine {manifest.get('quarantine_reasons') or {}}",
+        f"recon      mse {quality['recon_mse']:.5f}  cosine {quality['recon_cosine']:.4f}",
+        f"codes      active per level {[lv['active_codes'] for lv in quality['levels']]}  perplexity {[round(lv['perplexity'], 1) for lv in quality['levels']]}",
+        f"ids        unique-tuple rate before disambiguation {quality['unique_tuple_rate']:.4f}, largest collision group {quality['largest_collision_group']}",
+        f"coherence  share of 10 nearest neighbours sharing the first 1/2 codes: {[round(v, 3) for v in quality.get('prefix_coherence', [])]}",
+        f"timings    {manifest['timings']}",
+        f"report     {storage.join(prefix, 'quality.html')}",
+    ]
+    table = _ids_with_text(prefix)
+    first = pc.list_element(table["codes"], 0)
+    top = pc.value_counts(first).to_pylist()
+    top.sort(key=lambda d: (-d["counts"], d["values"]))
+    for entry in top[:n_codes]:
+        code, count = entry["values"], entry["counts"]
+        rows = table.filter(pc.equal(first, code)).slice(0, per_code).to_pylist()
+        lines.append(f"\ntop-level code {code} ({count} items):")
+        lines.extend(f"  {r['sid']:<14} {r['item_id']:<12} {_short(r['text'])}" for r in rows)
+    return "\n".join(lines)
+
+
+def similar_items(prefix: str, item_id: str, *, k: int = 10) -> str:
+    _published(prefix)
+    table = _ids_with_text(prefix)
+    ids = table["item_id"].to_pylist()
+    try:
+        query = ids.index(item_id)
+    except ValueError:
+        raise RunNotFound(f"item {item_id!r} is not in {prefix}") from None
+    codes = np.asarray(table["codes"].to_pylist(), dtype=np.int64)
+    model = load_model(storage.join(prefix, "model"))
+    codebooks = model.codebooks()  # (L, K, e): an item's codeword embedding is the sum of its codewords
+    L = codebooks.shape[0]
+    vectors = sum(codebooks[level][torch.from_numpy(codes[:, level])] for level in range(L)).numpy()
+    result = top_k_similar(query_index=query, codes=codes, vectors=vectors, k=k)
+    texts, sids = table["text"].to_pylist(), table["sid"].to_pylist()
+    lines = [f"query      {sids[query]:<14} {item_id:<12} {_short(texts[query])}", "shared  distance  sid            item_id      text"]
+    for i, shared, dist in zip(result.indices, result.shared_prefix, result.distance):
+        lines.append(f"{shared:>6}  {dist:8.4f}  {sids[i]:<14} {ids[i]:<12} {_short(texts[i])}")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""Encode every item with Ray Data (many blocks, an actor pool) and resolve IDs globally.
+
+Workers ship back only what assignment and the quality report need per item
+(codes, distance, the last-level residual, three reconstruction scalars); the
+ID rules themselves live in ``rqvae_core.ids`` and run once on the driver,
+because uniqueness is a global property.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from rqvae_core.ids import check_capacity, format_sid, reassign_stable, resolve_collisions
+from rqvae_core.metrics import MetricsAccumulator, prefix_coherence
+from tasks import storage
+from tasks.config import PipelineConfig
+from tasks.fit import load_model, read_vectors
+from tasks.manifest import StageManifest, Stopwatch, hash_of, load_completed, record_completed, stage_dir
+
+PART_ROWS = 500_000
+
+
+class ItemEncoder:
+    """Ray Data actor: loads the checkpoint once, encodes batches of vectors."""
+
+    def __init__(self, *, model_uri: str, device: str) -> None:
+        torch.set_num_threads(1)
+        self.device = device
+        self.model = load_model(model_uri).to(device).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        v = batch["vector"]
+        x = torch.from_numpy(np.stack(v) if v.dtype == object else v).float().to(self.device)
+        enc = self.model.encode_items(x)
+        diff = x - enc.recon
+        return {
+            "item_id": batch["item_id"],
+            "text_hash": batch["text_hash"],
+            "codes": enc.codes.to(torch.int32).cpu().numpy(),
+            "distance": enc.distance.cpu().numpy().astype(np.float64),
+            "last_residual": enc.last_residual.cpu().numpy(),
+            "sq_err": diff.pow(2).sum(-1).cpu().numpy(),
+            "abs_err": diff.abs().sum(-1).cpu().numpy(),
+            "cosine": torch.nn.functional.cosine_similarity(x, enc.recon, dim=-1).cpu().numpy(),
+        }
+
+
+def _read_prior(prior_run: str) -> dict[str, np.ndarray]:
+    ids = storage.read_parquet(storage.join(prior_run, "semantic_ids"))
+    retired_uri = storage.join(prior_run, "retired")
+    retired = storage.read_parquet(retired_uri)["codes"].to_pylist() if storage.list_parquet(retired_uri) else []
+    return {
+        "item_ids": np.asarray(ids["item_id"].to_pylist(), dtype=object),
+        "text_hashes": np.asarray(ids["text_hash"].to_pylist(), dtype=object),
+        "sids": np.asarray(ids["sid"].to_pylist(), dtype=object),
+        "codes": np.asarray(ids["codes"].to_pylist(), dtype=np.int64),
+        "retired": np.asarray(retired, dtype=np.int64).reshape(len(retired), -1) if retired else None,
+    }
+
+
+def _codes_table(codes: np.ndarray) -> pa.Array:
+    width = codes.shape[1]
+    flat = pa.array(codes.astype(np.int32).ravel(), type=pa.int32())
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32)), flat)
+
+
+def _write_parts(out_dir: str, table: pa.Table, name: str) -> list[str]:
+    uris = []
+    for i, start in enumerate(range(0, max(table.num_rows, 1), PART_ROWS)):
+        uri = storage.join(out_dir, name, f"part-{i:05d}.parquet")
+        storage.write_parquet(table.slice(start, PART_ROWS), uri)
+        uris.append(uri)
+    return uris
+
+
+def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None) -> StageManifest:
+    input_hash = hash_of("assign", embeddings_hash, model_hash, prior_run or "")
+    done = load_completed(work_uri, "assign", input_hash)
+    if done:
+        return done
+    clock = Stopwatch()
+    model = load_model(model_uri)
+    L, K = model.config.n_levels, model.config.codebook_size
+    device = "cuda" if ray.cluster_resources().get("GPU", 0) and torch.cuda.is_available() else "cpu"
+    dataset = read_vectors(embeddings_uri)
+    n_blocks = max(1, config.assign.num_blocks)
+    encoded = dataset.repartition(n_blocks).map_batches(
+        ItemEncoder,
+        fn_constructor_kwargs={"model_uri": model_uri, "device": device},
+        batch_size=config.assign.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_gpus=1 if device == "cuda" else 0,
+        num_cpus=1,
+        batch_format="numpy",
+    )
+    accumulator = MetricsAccumulator(n_levels=L, codebook_size=K)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("item_id", "text_hash", "codes", "distance", "last_residual", "sq_err")}
+    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+        accumulator.update_rows(sq_err=batch["sq_err"], abs_err=batch["abs_err"], cosine=batch["cosine"], dim=model.config.input_dim, codes=batch["codes"])
+        for k in cols:
+            cols[k].append(batch[k])
+    data = {k: np.concatenate(v) for k, v in cols.items()}
+    order = np.argsort(data["item_id"].astype(str), kind="stable")  # row order of the result never depends on Ray's
+    data = {k: v[order] for k, v in data.items()}
+    n = len(order)
+    check_capacity(n_items=n, n_levels=L, codebook_size=K)
+
+    last_residual = torch.from_numpy(np.ascontiguousarray(data["last_residual"]))
+
+    def last_level_distances(idx: np.ndarray) -> np.ndarray:
+        return model.last_level_distances(last_residual[idx]).numpy()
+
+    changes = None
+    retired = None
+    if prior_run:
+        prior = _read_prior(prior_run)
+        stable = reassign_stable(
+            item_ids=data["item_id"], text_hashes=data["text_hash"], codes=data["codes"], distances=data["distance"], codebook_size=K,
+            prior_item_ids=prior["item_ids"], prior_text_hashes=prior["text_hashes"], prior_codes=prior["codes"],
+            prior_retired=prior["retired"], last_level_distances=last_level_distances,
+        )
+        final_codes, retired = stable.codes, stable.retired
+        sid = format_sid(final_codes)
+        prior_sid = dict(zip(prior["item_ids"].tolist(), prior["sids"].tolist()))
+        removed = stable.removed_item_ids.tolist()
+        changes = pa.table({
+            "item_id": pa.array(data["item_id"].tolist() + removed, pa.string()),
+            "old_sid": pa.array([prior_sid.get(i) for i in data["item_id"].tolist()] + [prior_sid[i] for i in removed], pa.string()),
+            "new_sid": pa.array(sid.tolist() + [None] * len(removed), pa.string()),
+            "status": pa.array(stable.status.tolist() + ["removed"] * len(removed), pa.string()),
+        })
+        n_moved = 0
+    else:
+        resolved = resolve_collisions(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K, last_level_distances=last_level_distances)
+        final_codes, n_moved = resolved.codes, resolved.n_moved
+        sid = format_sid(final_codes)
+    if len(np.unique(sid)) != n:
+        raise RuntimeError("assign: semantic IDs are not unique; refusing to publish")
+
+    ids_table = pa.table({
+        "item_id": pa.array(data["item_id"].tolist(), pa.string()),
+        "codes": _codes_table(final_codes),
+        "sid": pa.array(sid.tolist(), pa.string()),
+        "text_hash": pa.array(data["text_hash"].tolist(), pa.string()),
+    })
+    out_dir = stage_dir(work_uri, "assign")
+    storage.remove(out_dir)
+    outputs = {"semantic_ids": storage.join(out_dir, "semantic_ids")}
+    _write_parts(out_dir, ids_table, "semantic_ids")
+    if changes is not None:
+        _write_parts(out_dir, changes, "changes")
+        outputs["changes"] = storage.join(out_dir, "changes")
+        _write_parts(out_dir, pa.table({"codes": _codes_table(retired.reshape(-1, L + 1))}), "retired")
+        outputs["retired"] = storage.join(out_dir, "retired")
+
+    sample = np.sort(np.random.default_rng(0).permutation(n)[: min(n, 20_000)])
+    vectors = _sample_vectors(embeddings_uri, set(data["item_id"][sample].tolist()))
+    coherence = prefix_coherence(vectors=vectors, codes=data["codes"][sample], k=10, n_queries=min(2000, len(sample)), seed=0, levels=min(2, L)) if n > 1 else []
+    metrics = accumulator.finalize(prefix_coherence=coherence).to_dict()
+    per_item_mse = data["sq_err"] / model.config.input_dim
+    counts_, edges = np.histogram(per_item_mse, bins=30)
+    quality = {
+        **metrics,
+        "recon_error_histogram": {"edges": edges.tolist(), "counts": counts_.tolist()},
+        "final_ids": {"unique": True, "n_moved": int(n_moved), "id_length": L + 1, "n_ids": n},
+    }
+    if changes is not None:
+        status = pc.value_counts(changes["status"]).to_pylist()
+        quality["changes"] = {d["values"]: d["counts"] for d in status}
+    storage.write_json(storage.join(out_dir, "quality.json"), quality)
+    outputs["quality"] = storage.join(out_dir, "quality.json")
+    manifest = StageManifest(
+        stage="assign", input_hash=input_hash, outputs=outputs,
+        counts={"ided": n, **({"removed": int(changes.num_rows - n)} if changes is not None else {})},
+        info={"device": device, "n_moved": int(n_moved), "unique_tuple_rate": metrics["unique_tuple_rate"], "ids_hash": _ids_digest(data["item_id"], sid)},
+        seconds=clock.seconds,
+    )
+    return record_completed(work_uri, manifest)
+
+
+def _ids_digest(item_ids: np.ndarray, sids: np.ndarray) -> str:
+    """sha256 over "item_id\tsid\n" lines in item_id order: equal digests ⇔ identical ID tables."""
+    h = hashlib.sha256()
+    for start in range(0, len(sids), 100_000):
+        chunk = "".join(f"{i}\t{s}\n" for i, s in zip(item_ids[start : start + 100_000].tolist(), sids[start : start + 100_000].tolist()))
+        h.update(chunk.encode())
+    return h.hexdigest()
+
+
+def _sample_vectors(embeddings_uri: str, wanted: set[str]) -> np.ndarray:
+    """Vectors of the sampled items, in item_id order (embedding parts are sorted by item_id)."""
+    rows = []
+    for uri in storage.list_parquet(embeddings_uri):
+        t = storage.read_parquet(uri)
+        mask = pc.is_in(t["item_id"], value_set=pa.array(sorted(wanted), pa.string()))
+        t = t.filter(mask)
+        if t.num_rows:
+            rows.append(np.asarray(t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(t.num_rows, -1))
+    return np.concatenate(rows)

@@ -1,0 +1,103 @@
+"""Ray start-up and device choice, shared by the stages that distribute work.
+
+``ray_session()`` is the only place that calls ``ray.init``:
+
+* ``RAY_ADDRESS`` set  -> connect to that cluster (``auto``, ``host:port`` or ``ray://``);
+* Ray already running in this process -> reuse it and leave it running;
+* otherwise -> start a quiet local Ray (no dashboard, no usage stats, no token
+  auth warning) and shut it down again on exit, whatever happens inside.
+
+Workers get one OpenMP/MKL thread each (``torch`` with more threads than cores
+is many times slower on small VMs) and offline Hugging Face access by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import ray
+
+# Read by the driver when it starts a local cluster; set before ray.init.
+_DRIVER_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Environment for every Ray worker this project starts (thread caps, offline hub)."""
+    return {
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+@contextlib.contextmanager
+def ray_session(num_cpus: int | None = None) -> Iterator[None]:
+    """Make Ray available for the body; shut down only what this call started.
+
+    ``num_cpus`` applies only when a local cluster is started here (it caps the
+    CPUs Ray schedules on); it is ignored when joining a cluster or reusing one.
+    """
+    if ray.is_initialized():
+        yield
+        return
+
+    for key, value in _DRIVER_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    runtime_env = {"env_vars": worker_env_vars()}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(
+            address=address,
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            runtime_env=runtime_env,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def gpu_available() -> bool:
+    """Whether the Ray cluster (or, without Ray, this process) has a GPU to schedule on."""
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(pref: Literal["auto", "cpu", "cuda"]) -> str:
+    """``auto`` -> ``cuda`` when a GPU is schedulable, else ``cpu``; ``cuda`` without one fails loudly."""
+    if pref == "cpu":
+        return "cpu"
+    if pref == "cuda":
+        if not gpu_available():
+            raise RuntimeError("device='cuda' was requested but no GPU is visible to Ray")
+        return "cuda"
+    if pref == "auto":
+        return "cuda" if gpu_available() else "cpu"
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {pref!r}")
