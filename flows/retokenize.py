@@ -111,9 +111,9 @@ def retokenize(
     ``prior_run``: a published run prefix whose model is reused frozen and whose
     IDs are kept for unchanged items (stable nightly re-tokenization).
     """
-    logger = get_run_logger()
     name = check_safe("catalog name", name or default_name(catalog))
     run_id = check_safe("run id", run_id or default_run_id())
+    logger = get_run_logger()
     prefix = storage.join(out, name, run_id)
     if is_published(prefix):
         logger.info("%s is already published; runs are immutable, nothing to do", prefix)
@@ -123,11 +123,13 @@ def retokenize(
     work = storage.join(out, name, "_work", run_id)
     cache = storage.join(out, "_cache", "embeddings")
     run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run}
+    items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
     with ray_session():
-        items = ingest_task(catalog, work, config)
         embedded = embed_task(items, work, cache, config)
         fitted = fit_task(embedded, work, config, prior_run)
         assigned = assign_task(embedded, fitted, work, config, prior_run)
         manifest = export_task(prefix, {"ingest": items, "embed": embedded, "fit": fitted, "assign": assigned}, run)
     storage.remove(work)
+    if not storage.exists(storage.join(out, name, "_work")) or not storage.filesystem(storage.join(out, name, "_work"))[0].ls(storage.filesystem(storage.join(out, name, "_work"))[1]):
+        storage.remove(storage.join(out, name, "_work"))
     return {"prefix": prefix, "counts": manifest["counts"], "skipped": False}

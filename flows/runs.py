@@ -24,8 +24,9 @@ def _published(prefix: str) -> None:
 
 def _ids_with_text(prefix: str) -> pa.Table:
     ids = storage.read_parquet(storage.join(prefix, "semantic_ids"))
-    items = storage.read_parquet(storage.join(prefix, "items")).select(["item_id", "text"])
-    return ids.join(items, "item_id", join_type="left outer").sort_by("item_id")
+    items = storage.read_parquet(storage.join(prefix, "items"))
+    idx = pc.index_in(ids["item_id"], value_set=items["item_id"])
+    return ids.append_column("text", items["text"].take(idx)).sort_by("item_id")
 
 
 def _short(text: str | None, width: int = 90) -> str:

@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 _INT64_SAFE = 2**62  # headroom below 2**63 for packed sort keys
-_CALLBACK_CHUNK = 1 << 16  # rows per last_level_distances call: bounds memory to chunk x K floats
+_CALLBACK_CHUNK = 1 << 14  # rows per last_level_distances call: bounds memory to chunk x K floats (32 MB at K=256)
 _HASH_CHUNK = 1 << 15  # rows per id-hashing block (fits in L2)
 
 
@@ -252,10 +252,12 @@ class _Occupancy:
     @classmethod
     def build(cls, *, group: np.ndarray, slot: np.ndarray, codebook_size: int) -> _Occupancy:
         k = codebook_size
-        key = _sorted_unique(group * k + slot)  # sorted, repeated occupied rows counted once
+        dense = group.size > 0 and int(group.max()) >= _INT64_SAFE // k  # group * K would overflow int64
+        gkey = _dense_rank(group)[0] if dense else group
+        key = _sorted_unique(gkey * k + slot)  # sorted, repeated occupied rows counted once
         g, s = key // k, key % k
         starts = _group_starts(g)
-        groups = g[starts]
+        groups = _sorted_unique(group)[g[starts]] if dense else g[starts]
         counts = np.diff(np.append(np.flatnonzero(starts), g.shape[0]))
         gap = s - _rank_in_runs(starts)
         gidx = np.cumsum(starts) - 1
@@ -326,7 +328,10 @@ def _deferred_acceptance(*, preference: np.ndarray, pref_row: np.ndarray, prefix
         holders = holders[np.isin(held[holders], key)]
         cand = np.concatenate([active, holders])
         ckey = np.concatenate([key, held[holders]])
-        s = np.argsort(ckey * n + cand)  # cand index is the priority
+        if int(ckey.max()) < _INT64_SAFE // n:
+            s = np.argsort(ckey * n + cand)  # cand index is the priority
+        else:
+            s = np.lexsort((cand, ckey))
         cand, ckey = cand[s], ckey[s]
         accept = _rank_in_runs(_group_starts(ckey)) < room[ckey]
         held[cand[accept]] = ckey[accept]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -38,6 +39,7 @@ class TrainingFailed(RuntimeError):
 def _train_loop(loop_config: dict[str, Any]) -> None:
     """Runs inside each Ray Train worker."""
     torch.set_num_threads(1)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report/checkpoint
     core = RQVAEConfig.from_dict(loop_config["model"])
     model = RQVAE(config=core)
     device = ray.train.torch.get_device()
@@ -54,15 +56,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics.to_dict())
-        # Rank 0 attaches a checkpoint (with the history so far) every epoch, so an early stop
-        # or a NaN still leaves the latest model and the metrics that explain it.
-        if ctx.get_world_rank() == 0:
-            with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(getattr(model, "module", model), d)
-                Path(d, HISTORY).write_text(json.dumps(history))
-                ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon}, checkpoint=Checkpoint.from_directory(d))
-        else:
-            ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon})
+        ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 
     fit(
         model=model,
@@ -75,6 +69,14 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         early_stop_patience=loop_config["early_stop_patience"],
         early_stop_min_delta=loop_config["early_stop_min_delta"],
     )
+    # One checkpoint at the end (early stop and NaN included), with the history that explains it.
+    if ctx.get_world_rank() == 0:
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(getattr(model, "module", model), d)
+            Path(d, HISTORY).write_text(json.dumps(history))
+            ray.train.report({"epoch": history[-1]["epoch"], "final": True}, checkpoint=Checkpoint.from_directory(d))
+    else:
+        ray.train.report({"epoch": history[-1]["epoch"], "final": True})
 
 
 def _to_matrix(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

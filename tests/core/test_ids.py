@@ -442,4 +442,30 @@ def test_overflow_into_group_known_only_from_occupied_slots():
     occupied = np.array([[0, 1, 0], [0, 1, 1]])
     res = resolve_collisions(item_ids=ids, codes=codes, distances=dist, codebook_size=3, occupied=occupied)
     np.testing.assert_array_equal(res.codes, _reference(ids, codes, dist, 3, occupied=occupied)[0])
-    assert res.codes[3:5].tolist() == [[0, 1, 2], [0, 2, 2]] and res.n_moved == 2
+    assert res.codes[3:5].tolist() == [[0, 1, 2], [0, 2, 0]] and res.n_moved == 2  # r4 is nearer than r5, r6
+
+
+@pytest.mark.parametrize("k, n_levels", [(256, 4), (65536, 4)])  # wide group keys; K**L beyond int64 packing
+def test_wide_id_spaces_match_reference(k, n_levels):
+    rng = np.random.default_rng(11)
+    codes = rng.integers(0, 3, size=(300, n_levels))
+    codes[:, 0] = rng.choice([0, k - 1], size=300)
+    ids = np.array([f"w{j}" for j in rng.permutation(300)])
+    dist = rng.integers(0, 4, size=300).astype(float)
+    occupied = np.concatenate([codes[:20], rng.integers(0, 3, size=(20, 1))], axis=1)
+    res = resolve_collisions(item_ids=ids, codes=codes, distances=dist, codebook_size=k, occupied=occupied)
+    np.testing.assert_array_equal(res.codes, _reference(ids, codes, dist, k, occupied=occupied)[0])
+    stable = reassign_stable(item_ids=ids, text_hashes=ids, codes=codes, distances=dist, codebook_size=k,
+                             prior_item_ids=ids[:150], prior_text_hashes=ids[:150], prior_codes=res.codes[:150])
+    np.testing.assert_array_equal(stable.codes[:150], res.codes[:150])
+    _assert_unique(stable.codes)
+
+
+def test_occupied_keys_beyond_int64_packing():
+    k, n_levels = 256, 7  # K**L fits int64, K**(L+1) does not
+    codes = np.array([[255] * n_levels] * 3 + [[1] * n_levels])
+    ids = np.array(["a", "b", "c", "d"])
+    occupied = np.array([[255] * n_levels + [0], [255] * n_levels + [1]])
+    res = resolve_collisions(item_ids=ids, codes=codes, distances=np.array([0.1, 0.2, 0.3, 0.0]),
+                             codebook_size=k, occupied=occupied)
+    assert res.codes[:, -1].tolist() == [2, 3, 4, 0]

@@ -26,7 +26,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PROJECT_ROOT = Path(os.environ.get("SEMID_IT_PROJECT_ROOT") or Path(__file__).resolve().parents[2])  # DEVONLY
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PREFECT_FILE = "deploy/prefect.yaml"
 BIN = Path(sys.executable).parent
 PREFECT = str(BIN / "prefect")
@@ -219,6 +219,7 @@ def test_manual_deployment_runs_to_completion(prefect_server: PrefectServer, tmp
     worker_log = tmp_path / "worker.log"
     rc = _run_worker_once(server, worker_log, timeout=780)
     elapsed = time.monotonic() - t0
+    print(f"worker --run-once: rc={rc}, {elapsed:.1f}s")
 
     inspected = json.loads(server.cli("flow-run", "inspect", flow_run_id, "--output", "json").stdout)
     state = inspected.get("state") or {}

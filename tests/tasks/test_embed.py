@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from tasks import embed as embed_mod  # noqa: E402
 from tasks.config import EmbedConfig  # noqa: E402
 from tasks.embed import embed, model_identity, resolve_model_path  # noqa: E402
-from tasks.ray_runtime import ray_session, resolve_device  # noqa: E402
+from tasks.ray_runtime import gpu_available, ray_session, resolve_device  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -118,9 +118,12 @@ def test_resolve_model_path_default_is_packaged():
 
 def test_resolve_device_on_cpu(ray_cluster):
     assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == "cpu"  # no GPU on the test machine
-    with pytest.raises(RuntimeError):
-        resolve_device("cuda")
+    if gpu_available():
+        assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+    else:
+        assert resolve_device("auto") == "cpu"
+        with pytest.raises(RuntimeError, match="no GPU"):
+            resolve_device("cuda")
 
 
 def test_schema_order_and_counts(first_run):

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A tiny but complete configuration: every stage runs for real, in well under a minute.
+TINY = {
+    "embed": {"batch_size": 64},
+    "model": {"hidden_dims": [128, 64], "embed_dim": 16, "codebook_size": 16, "n_levels": 3, "warmup_steps": 5, "dead_code_window": 5},
+    "fit": {"epochs": 4, "batch_size": 64, "early_stop_patience": 0},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness(tmp_path_factory):
+    """Prefect's test harness: a temporary database and ephemeral API for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
