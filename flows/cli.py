@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="JSON file with pipeline settings (sections: ingest, embed, model, fit, assign; plus seed)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one config field, e.g. --set fit.epochs=20 --set model.codebook_size=128 (repeatable)")
-    run.add_argument("--prior-run", help="a published run prefix: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
+    run.add_argument("--prior-run", help="a published run prefix, or 'latest' for this catalog's newest finished run: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
 
     sample = sub.add_parser("sample", help="write a synthetic product catalog (CSV)", description="Write a realistic synthetic product catalog, deterministic by seed.")
     sample.add_argument("--out", required=True, help="CSV file to write")

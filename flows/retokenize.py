@@ -22,6 +22,7 @@ from tasks.embed import embed
 from tasks.export import export, is_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
+from tasks.locks import catalog_lock
 from tasks.manifest import StageManifest
 from tasks.ray_runtime import ray_session
 
@@ -109,17 +110,44 @@ def retokenize(
     """Tokenize one catalog into semantic IDs under ``<out>/<name>/<run_id>/``.
 
     ``prior_run``: a published run prefix whose model is reused frozen and whose
-    IDs are kept for unchanged items (stable nightly re-tokenization).
+    IDs are kept for unchanged items (stable nightly re-tokenization), or
+    ``"latest"`` for the newest published run of this catalog (none: fit anew).
     """
     name = check_safe("catalog name", name or default_name(catalog))
     run_id = check_safe("run id", run_id or default_run_id())
     logger = get_run_logger()
     prefix = storage.join(out, name, run_id)
-    if is_published(prefix):
-        logger.info("%s is already published; runs are immutable, nothing to do", prefix)
-        return {"prefix": prefix, "counts": storage.read_json(storage.join(prefix, "manifest.json"))["counts"], "skipped": True}
-    if prior_run and not is_published(prior_run):
-        raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
+    with catalog_lock(storage.join(out, name), wait_seconds=config.lock_wait_seconds):
+        if is_published(prefix):
+            logger.info("%s is already published; runs are immutable, nothing to do", prefix)
+            return {"prefix": prefix, "counts": storage.read_json(storage.join(prefix, "manifest.json"))["counts"], "skipped": True}
+        if prior_run == "latest":
+            prior_run = latest_published(storage.join(out, name), exclude=run_id)
+            logger.info("prior run: %s", prior_run or "none published yet; fitting a new model")
+        elif prior_run and not is_published(prior_run):
+            raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
+        return _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run)
+
+
+def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
+    """The most recent finished run of a catalog (by run id, which defaults to a UTC timestamp)."""
+    fs, path = storage.filesystem(catalog_prefix)
+    if not fs.exists(path):
+        return None
+    runs = sorted(
+        (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)),
+        reverse=True,
+    )
+    for run_id in runs:
+        if run_id.startswith(("_", ".")) or run_id == exclude:
+            continue
+        candidate = storage.join(catalog_prefix, run_id)
+        if is_published(candidate):
+            return candidate
+    return None
+
+
+def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None) -> dict[str, Any]:
     work = storage.join(out, name, "_work", run_id)
     cache = storage.join(out, "_cache", "embeddings")
     run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run}
@@ -130,6 +158,5 @@ def retokenize(
         assigned = assign_task(embedded, fitted, work, config, prior_run)
         manifest = export_task(prefix, {"ingest": items, "embed": embedded, "fit": fitted, "assign": assigned}, run)
     storage.remove(work)
-    if not storage.exists(storage.join(out, name, "_work")) or not storage.filesystem(storage.join(out, name, "_work"))[0].ls(storage.filesystem(storage.join(out, name, "_work"))[1]):
-        storage.remove(storage.join(out, name, "_work"))
+    storage.remove_if_empty(storage.join(out, name, "_work"))
     return {"prefix": prefix, "counts": manifest["counts"], "skipped": False}

@@ -92,6 +92,8 @@ class AssignConfig(_Strict):
 
 class PipelineConfig(_Strict):
     seed: int = 0
+    lock_wait_seconds: float = Field(0.0, ge=0)
+    """How long a run waits for another run of the same catalog to finish before failing."""
     ingest: IngestConfig = IngestConfig()
     embed: EmbedConfig = EmbedConfig()
     model: ModelConfig = ModelConfig()

@@ -121,6 +121,12 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def remove_if_empty(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path) and not fs.ls(path, detail=False):
+        fs.rm(path, recursive=True)
+
+
 def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
     """Copy every file under ``src_uri`` (local or S3) to the same relative place under ``dst_uri``."""
     src_fs, src = filesystem(src_uri)

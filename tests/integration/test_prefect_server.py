@@ -274,7 +274,7 @@ def test_deploy_all_registers_nightly_cron(prefect_server: PrefectServer, tmp_pa
     assert (nightly.get("global_concurrency_limit") or {}).get("limit") == 1 or nightly.get("concurrency_limit") == 1
     assert (nightly.get("concurrency_options") or {}).get("collision_strategy") == "ENQUEUE"
     # deploy-time env templating filled the nightly parameters
-    assert nightly["parameters"] == {"catalog": extra_env["SEMID_NIGHTLY_CATALOG"], "out": extra_env["SEMID_OUT"]}
+    assert nightly["parameters"] == {"catalog": extra_env["SEMID_NIGHTLY_CATALOG"], "out": extra_env["SEMID_OUT"], "prior_run": "latest"}
     # SEMID_HOME set while deploying: the checkout path is baked into the pull step
     assert nightly["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_ROOT)}}
