@@ -15,6 +15,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from rqvae_core.ids import check_capacity
+
 from tasks import storage
 from tasks.assign import assign
 from tasks.config import PipelineConfig
@@ -152,6 +154,8 @@ def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, 
     cache = storage.join(out, "_cache", "embeddings")
     run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run}
     items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
+    # A catalog that cannot fit the ID space fails here, before any embedding or fitting.
+    check_capacity(n_items=items.counts["valid"], n_levels=config.model.n_levels, codebook_size=config.model.codebook_size)
     with ray_session():
         embedded = embed_task(items, work, cache, config)
         fitted = fit_task(embedded, work, config, prior_run)
