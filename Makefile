@@ -30,12 +30,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/semid sample --out out/demo_catalog.csv --n 3000
-	$(BIN)/semid run --catalog out/demo_catalog.csv --out out --name demo --run-id demo --set fit.epochs=15
+	$(BIN)/semid run --catalog out/demo_catalog.csv --out out --name demo --run-id demo
 	$(BIN)/semid inspect out/demo/demo
+	@echo "semantic IDs: out/demo/demo/semantic_ids/  report: out/demo/demo/quality.html"
+
 
 bench: $(STAMP)
 	$(BIN)/python bench/assign.py
 	$(BIN)/python bench/fit.py
+	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/pipeline.py
 
 clean:
