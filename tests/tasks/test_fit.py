@@ -1,0 +1,83 @@
+"""The fit stage on Ray Train: one worker on a local cluster, two DDP workers on a two-node cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+
+from rqvae_core import load_checkpoint
+from tasks import storage
+from tasks.config import PipelineConfig
+from tasks.fit import TrainingFailed, check_health, fit_model
+
+pytestmark = pytest.mark.slow
+DIM = 32
+CONFIG = {
+    "model": {"hidden_dims": [64], "embed_dim": 8, "codebook_size": 16, "n_levels": 2, "warmup_steps": 5, "dead_code_window": 5},
+    "fit": {"epochs": 3, "batch_size": 64, "early_stop_patience": 0},
+}
+
+
+def write_embeddings(directory: str, n: int = 600, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(40, DIM))
+    x = (centers[rng.integers(40, size=n)] + 0.05 * rng.normal(size=(n, DIM))).astype(np.float32)
+    ids = [f"I{i:05d}" for i in range(n)]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)
+    table = pa.table({"item_id": ids, "text_hash": ids, "vector": vectors})
+    storage.write_parquet(table.slice(0, n // 2), f"{directory}/part-00000.parquet")
+    storage.write_parquet(table.slice(n // 2), f"{directory}/part-00001.parquet")
+
+
+def _fit(tmp_path, **overrides):
+    emb = str(tmp_path / "emb")
+    write_embeddings(emb)
+    config = PipelineConfig.model_validate({**CONFIG, "fit": {**CONFIG["fit"], **overrides}})
+    return fit_model(embeddings_uri=emb, embeddings_hash="h", n_items=600, dim=DIM, work_uri=str(tmp_path / "work"), config=config)
+
+
+def test_fit_on_a_local_ray_cluster_checkpoints_and_resumes(tmp_path):
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        manifest = _fit(tmp_path)
+        assert manifest.counts["epochs_run"] == 3 and not manifest.resumed
+        model = load_checkpoint(manifest.outputs["model"])
+        assert model.config.input_dim == DIM and model.config.codebook_size == 16
+        history = storage.read_json(manifest.outputs["history"])
+        assert [h["epoch"] for h in history] == [0, 1, 2]
+        assert min(history[-1]["code_usage"]) > 0.5
+        again = _fit(tmp_path)
+        assert again.resumed and again.info["model_hash"] == manifest.info["model_hash"]
+    finally:
+        ray.shutdown()
+
+
+def test_fit_with_two_ddp_workers_on_two_nodes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    try:
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        manifest = _fit(tmp_path, num_workers=2, batch_size=32)
+        assert manifest.info["num_workers"] == 2
+        history = storage.read_json(manifest.outputs["history"])
+        assert len(history) == 3 and all(np.isfinite(h["recon"]) for h in history)
+        load_checkpoint(manifest.outputs["model"])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_health_check_names_the_failure():
+    ok = {"epoch": 4, "loss": 1.0, "recon": 0.5, "codebook": 0.1, "commitment": 0.1, "code_usage": [0.9, 0.8], "nonfinite": False}
+    check_health([ok], codebook_size=256, n_items=10_000, min_code_usage=0.05)
+    with pytest.raises(TrainingFailed, match="non-finite loss at epoch 4"):
+        check_health([{**ok, "loss": float("nan"), "nonfinite": True}], codebook_size=256, n_items=10_000, min_code_usage=0.05)
+    with pytest.raises(TrainingFailed, match=r"codebook collapse: code usage per level \[0.9, 0.01\]"):
+        check_health([{**ok, "code_usage": [0.9, 0.01]}], codebook_size=256, n_items=10_000, min_code_usage=0.05)
+    # a catalog smaller than the codebook cannot use every code: the floor scales down
+    check_health([{**ok, "code_usage": [0.03, 0.03]}], codebook_size=256, n_items=100, min_code_usage=0.05)
