@@ -161,7 +161,13 @@ class VectorQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _restart_dead_codes(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+    def _restart_dead_codes(self, x: torch.Tensor, codes: torch.Tensor, nearest: torch.Tensor) -> None:
+        """Re-seed codes unused for ``dead_code_window`` steps from residuals of this batch.
+
+        Residuals are drawn ∝ their distance to the nearest codeword (as in k-means++), so
+        dead codes move to where the codebook serves data worst instead of into dense regions
+        that live codes already cover.
+        """
         used = torch.zeros(self.codebook_size, device=x.device)
         used.index_add_(0, codes, torch.ones_like(codes, dtype=used.dtype))
         used = _all_reduce(used)
@@ -169,7 +175,9 @@ class VectorQuantizer(nn.Module):
         dead = (self.steps_unused >= self.dead_code_window).nonzero().squeeze(1)
         if dead.numel() == 0:
             return
-        pick = torch.randint(x.shape[0], (dead.numel(),), generator=self.generator).to(x.device)
+        weights = nearest.clamp_min(0).float().cpu() + 1e-12
+        replace = dead.numel() > x.shape[0]
+        pick = torch.multinomial(weights, dead.numel(), replacement=replace, generator=self.generator).to(x.device)
         self._set_codewords(dead, x[pick].detach())
         _broadcast(self.embed.data)
         self.steps_unused[dead] = 0
@@ -200,23 +208,20 @@ class VectorQuantizer(nn.Module):
             codes = sinkhorn(d.detach(), epsilon=self.sinkhorn_epsilon, iters=self.sinkhorn_iters).argmax(-1)
         else:
             codes = d.argmin(-1)
-        if self.training and self.mode == "gumbel":
-            # Standardise the logits per row: raw squared distances are nearly equal in high
-            # dimension, which makes every sample uniform and teaches the decoder nothing.
-            logits = -(d - d.mean(-1, keepdim=True)) / d.std(-1, keepdim=True).detach().clamp_min(1e-8)
-            onehot = _gumbel_hard(logits, tau=self.temperature, generator=self.generator)
-            codes = onehot.argmax(-1)
-            codeword = onehot @ codebook  # gradient reaches x through the logits, and the codebook
-        else:
-            codeword = codebook[codes]
+        codeword = codebook[codes]
         # Cosine codebooks choose by angle; the codeword then takes the residual's length so the
         # sum of levels still reconstructs z.
         scale = raw.norm(dim=-1, keepdim=True).detach() if self.cosine else 1.0
         value = codeword * scale
         if self.training and self.mode == "gumbel":
-            # The soft sample carries gradient to the logits and codebook; adding x − sg(x) also
-            # gives the encoder the straight-through signal, which the flat early logits lack.
-            quantized = value + raw - raw.detach()
+            # The decoder sees a Gumbel-sampled codeword (straight-through Gumbel-softmax), so
+            # gradient reaches x through the logits and the sampled codewords; the residual and the losses use the argmin
+            # codeword, so a noisy sample never derails the next level. Logits are standardised
+            # per row: raw squared distances are nearly equal in high dimension.
+            logits = -(d - d.mean(-1, keepdim=True)) / d.std(-1, keepdim=True).detach().clamp_min(1e-8)
+            soft = _gumbel_soft(logits, tau=self.temperature, generator=self.generator)
+            hard = F.one_hot(soft.argmax(-1), self.codebook_size).to(soft.dtype)
+            quantized = ((hard + soft - soft.detach()) @ codebook) * scale  # one-hot forward, soft backward
         elif self.mode == "rotation":
             quantized = rotate_to(raw, value.detach())
         else:
@@ -227,16 +232,14 @@ class VectorQuantizer(nn.Module):
             if self.ema:
                 self._ema_update(x.detach(), codes)
             if self.dead_code_window > 0:
-                self._restart_dead_codes(x.detach(), codes)
+                self._restart_dead_codes(x.detach(), codes, d.detach().gather(1, codes[:, None]).squeeze(1))
         return LevelOutput(quantized, value.detach(), codes, codebook_loss, commitment_loss)
 
 
-def _gumbel_hard(logits: torch.Tensor, *, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """Straight-through Gumbel-softmax: one-hot forward, softmax((logits+g)/τ) backward."""
+def _gumbel_soft(logits: torch.Tensor, *, tau: float, generator: torch.Generator) -> torch.Tensor:
+    """softmax((logits + g) / τ) with g ~ Gumbel(0, 1): a relaxed one-hot sample (Jang et al., 2017)."""
     u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp_(1e-9, 1 - 1e-9)
-    y = F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
-    hard = F.one_hot(y.argmax(-1), logits.shape[-1]).to(y.dtype)
-    return hard + y - y.detach()
+    return F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
 
 
 class ResidualQuantizer(nn.Module):
