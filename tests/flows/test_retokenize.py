@@ -75,7 +75,7 @@ def check_published(prefix: str, *, n_input: int, n_quarantined: int) -> dict:
     return manifest
 
 
-def test_flow_end_to_end_then_stable_rerun(tmp_path):
+def test_flow_end_to_end_then_stable_rerun(tmp_path, capsys):
     rows = generate_rows(n=240, seed=1)
     catalog = tmp_path / "shop.csv"
     n_input = write_catalog(catalog, rows)
@@ -115,6 +115,19 @@ def test_flow_end_to_end_then_stable_rerun(tmp_path):
     second = storage.read_json(str(out / "shop" / "r2" / "manifest.json"))
     assert second["stages"]["embed"]["counts"]["cache_hits"] >= len(rows) - 3, "unchanged texts are never embedded twice"
     assert second["stages"]["fit"]["info"]["reused_from"].endswith("r1/model")
+
+    # Reading a run back: inspect and similar through the CLI.
+    capsys.readouterr()
+    assert main(["inspect", prefix2]) == 0
+    summary = capsys.readouterr().out
+    assert f"input {n_input2} = ided {n_input2} + quarantined 0" in summary and "top-level code" in summary
+    assert main(["similar", prefix2, rows[0]["item_id"], "-k", "5"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("query") and rows[0]["item_id"] in listing[0]
+    assert len(listing) == 2 + 5
+    shared = [int(line.split()[0]) for line in listing[2:]]
+    assert shared == sorted(shared, reverse=True), "ranked by shared prefix first"
+    assert main(["similar", prefix2, "NO-SUCH-ITEM"]) == 2
 
     # A finished prefix is immutable: running the same run id again does nothing.
     again = retokenize(catalog=str(catalog2), out=str(out), name="shop", run_id="r2", config=config, prior_run=prefix)
