@@ -64,12 +64,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.text_columns:
         overrides.append(f"ingest.text_columns={json.dumps([c.strip() for c in args.text_columns.split(',') if c.strip()])}")
     config = load_config(args.config, overrides)
-    from flows.retokenize import retokenize
+    from flows.retokenize import check_safe, retokenize
+
+    # Fail fast, before Prefect and Ray start: names that would leave the output prefix, an unusable --out.
+    if args.name is not None:
+        check_safe("catalog name", args.name)
+    if args.run_id is not None:
+        check_safe("run id", args.run_id)
+    _check_out(args.out)
 
     result = retokenize(catalog=args.catalog, out=args.out, name=args.name, run_id=args.run_id, config=config, prior_run=args.prior_run)
     c = result["counts"]
     print(f"semantic IDs: {result['prefix']}  (input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']})")
     return 0
+
+
+class OutputLocationError(ValueError):
+    """--out cannot hold the run's outputs."""
+
+
+def _check_out(out: str) -> None:
+    """A local --out must be a directory or creatable as one: no existing file on its path."""
+    if "://" in out:
+        return  # s3:// and other stores are checked by the first write
+    path = os.path.abspath(out)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if not os.path.isdir(probe):
+        where = "it" if probe == path else probe
+        raise OutputLocationError(f"--out {out} cannot be used as an output directory: {where} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputLocationError(f"--out {out} cannot be created or written: no write permission on {probe}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -94,6 +123,11 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -106,10 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {_short(err.get('input'))})"
+            for err in e.errors()
+        ]
         print("semid: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
         return EXIT_BAD_INPUT
     except (IngestError, ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"semid: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:  # a path given by the user points at the wrong kind of file
         print(f"semid: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

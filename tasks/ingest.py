@@ -31,15 +31,27 @@ Rules:
 * duplicates: among rows with the same item_id the survivor is the one with the
   smallest ``text_hash``, ties by row number. Ties mean identical item text, so
   ``items.parquet`` does not depend on the file's row order.
+* empty values: null, blank, and values holding only empty JSON containers
+  (``[]``, ``{}``, a null struct) are left out of the text; a row left with no
+  text is quarantined (``empty_text``), never dropped.
+
+Whole-file errors (``IngestError``, one line, nothing written): missing/empty
+file, header only, text that is not UTF-8 (the message names the first bad
+line; NUL-dense or UTF-16 files count as binary, a stray NUL is a control
+character), an unclosed quote, a CSV/TSV whose last line stops short of the
+header's fields without a final newline (a truncated copy), rows with more
+fields than the header, missing id/text columns (the message lists the columns
+seen, and hints at a wrong delimiter), Parquet columns that cannot be text.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import html
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -79,6 +91,7 @@ _EXTENSIONS = {
 _RECBOLE_TYPES = frozenset({"token", "token_seq", "float", "float_seq"})
 _ROW = "__semid_row"
 _CHUNK = 8 << 20
+_TAIL = 64 << 10
 
 
 class IngestError(ValueError):
@@ -93,6 +106,69 @@ def _one_line(exc: BaseException | str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _names(columns: list[str]) -> str:
+    """Column names for a message: tabs and other invisible characters made visible."""
+    return ", ".join(c if c.isprintable() else repr(c) for c in columns) or "(none)"
+
+
+def _delimiter_hint(columns: list[str], fmt: str) -> str:
+    """A hint when the header came back as one column holding another delimiter."""
+    if len(columns) != 1 or fmt not in ("csv", "tsv"):
+        return ""
+    seps = {"\t": "tab", ";": "';'", "|": "'|'", ",": "','"}
+    seen = [name for sep, name in seps.items() if sep in columns[0] and not (fmt == "csv" and sep == ",") and not (fmt == "tsv" and sep == "\t")]
+    if not seen:
+        return ""
+    return (
+        f"; the header looks {seen[0]}-separated but was read as {fmt} "
+        "(supported: ',' for .csv, tab for .tsv/.tab or ingest.format=tsv); re-export the file or fix its extension"
+    )
+
+
+_POLARS_NOISE = ("You might want to try", "Consider setting", "This error occurred in the following expression", "Original error")
+_IN_COLUMN = re.compile(r'following expression:\s*col\("([^"]+)"\)')
+_NOT_ESCAPED = re.compile(r"could not parse `(?P<field>.*?)` as dtype `str` at column '(?P<col>[^']*)'", re.S)
+
+
+def _reader_message(exc: BaseException) -> str:
+    """The reader's error in one line, without advice about reader options the user cannot set."""
+    msg = str(exc)
+    if "is not properly escaped" in msg and (m := _NOT_ESCAPED.search(msg)):
+        field = m.group("field")
+        return _one_line(
+            f"a quoted field in column {m.group('col')!r} is not closed or has a stray '\"' "
+            f"(it starts {field[:40]!r}{'...' if len(field) > 40 else ''}); the file looks truncated or badly quoted"
+        )
+    if "found more fields than defined" in msg:
+        return "a row has more fields than the header; check the delimiter and the quoting"
+    cut = min((i for i in (msg.find(n) for n in _POLARS_NOISE) if i >= 0), default=len(msg))
+    where = _IN_COLUMN.search(msg[cut:])
+    return _one_line((msg[:cut] or msg).strip() + (f" (column {where.group(1)!r})" if where else ""))
+
+
+def _check_last_record(uri: str, fmt: str, tail: bytes, *, n_columns: int) -> None:
+    """A file that stops mid-line, short of the header's fields, was cut off (a partial download/copy).
+
+    Only the unambiguous case is checked: no newline at the end and no quote on the last line
+    (a quote could mean the line is the tail of a multi-line field; an unclosed one fails in the reader).
+    """
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return
+    start = tail.rfind(b"\n") + 1
+    if start == 0 and len(tail) >= _TAIL:
+        return  # the last line is longer than the tail we kept
+    last = tail[start:]
+    if b'"' in last or not last.strip():
+        return
+    sep = b"," if fmt == "csv" else b"\t"
+    n_fields = last.count(sep) + 1
+    if n_fields < n_columns:
+        raise IngestError(
+            f"cannot parse {uri} as {fmt}: the last line has {n_fields} of the header's {n_columns} fields and the file "
+            "does not end with a newline; the file looks truncated (re-copy it, or end the line if it is complete)"
+        )
+
+
 def detect_format(uri: str, configured: str = "auto") -> str:
     if configured != "auto":
         return configured
@@ -105,30 +181,81 @@ def detect_format(uri: str, configured: str = "auto") -> str:
     )
 
 
-def _hash_file(uri: str, fmt: str) -> str:
-    """sha256 of the file bytes (streamed); also rejects missing, empty and binary text files."""
+class _FileFacts(NamedTuple):
+    sha256: str
+    tail: bytes  # the file's last bytes (up to _TAIL), for the truncation check
+
+
+def _hash_file(uri: str, fmt: str) -> _FileFacts:
+    """sha256 of the file bytes (streamed); also rejects missing, empty, binary and non-UTF-8 text files."""
     fs, path = storage.filesystem(uri)
+    text = fmt != "parquet"
     try:
         if not fs.exists(path) or fs.isdir(path):
             raise IngestError(f"catalog not found: {uri}")
         h = hashlib.sha256()
         size = 0
-        head = b""
+        head = tail = pending = b""
+        bad_utf8: str | None = None
+        lines = 0  # newlines before `pending`
         with fs.open(path, "rb") as f:
             while chunk := f.read(_CHUNK):
                 if not head:
                     head = chunk[:8192]
                 size += len(chunk)
                 h.update(chunk)
+                tail = (tail + chunk)[-_TAIL:]
+                if text and bad_utf8 is None:
+                    pending, lines, bad_utf8 = _check_utf8(pending + chunk, lines, size - len(pending) - len(chunk))
+        if text and bad_utf8 is None and pending:
+            _, lines, bad_utf8 = _check_utf8(pending, lines, size - len(pending), final=True)
     except IngestError:
         raise
     except Exception as exc:  # permissions, network, ...
         raise IngestError(f"cannot read catalog {uri}: {_one_line(exc)}") from exc
-    if size == 0 or (fmt != "parquet" and not head.strip()):
+    if size == 0 or (text and not head.strip()):
         raise IngestError(f"catalog is empty: {uri}")
-    if fmt != "parquet" and b"\x00" in head:
-        raise IngestError(f"catalog {uri} looks binary (NUL bytes), not {fmt} text; check the file or ingest.format")
-    return h.hexdigest()
+    if text and b"\x00" in head and _looks_binary(head):
+        raise IngestError(
+            f"catalog {uri} looks binary or UTF-16/32 (NUL bytes), not {fmt} text; "
+            "check the file or ingest.format (text catalogs must be UTF-8)"
+        )
+    if bad_utf8 is not None:
+        raise IngestError(f"cannot parse {uri} as {fmt}: {bad_utf8}")
+    return _FileFacts(h.hexdigest(), tail)
+
+
+def _looks_binary(head: bytes) -> bool:
+    """NUL bytes mean binary or UTF-16/32 unless they are a few stray ones in otherwise valid UTF-8 text.
+
+    A stray NUL in a text field is a control character like any other (removed, row kept).
+    """
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head.count(b"\x00") * 16 > len(head):
+        return True
+    try:
+        codecs.utf_8_decode(head, "strict", False)  # final=False: a multi-byte char cut at 8 KiB is fine
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _check_utf8(data: bytes, lines: int, offset: int, final: bool = False) -> tuple[bytes, int, str | None]:
+    """Validate a block of UTF-8; returns (undecoded trailing bytes, newlines so far, error message or None).
+
+    ``offset`` is the file offset of ``data[0]`` and ``lines`` the number of newlines before it,
+    so the message can name the line and byte of the first invalid sequence.
+    """
+    try:
+        _, used = codecs.utf_8_decode(data, "strict", final)
+    except UnicodeDecodeError as exc:
+        line = lines + data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        context = data[max(start, exc.start - 20) : exc.start].decode("utf-8", "replace")
+        return b"", line, (
+            f"not valid UTF-8: line {line}, byte offset {offset + exc.start} (byte 0x{data[exc.start]:02x} "
+            f"after {context!r}; latin-1/cp1252 text?); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        )
+    return data[used:], lines + data.count(b"\n", 0, used), None
 
 
 def _strip_type_suffixes(names: list[str]) -> list[str]:
@@ -158,20 +285,29 @@ def _ordered_union(keys: Iterable[Iterable[str]]) -> list[str]:
     return list(seen)
 
 
+_MAP = getattr(pl, "Map", None)  # polars >= 2: Parquet/Arrow map columns
+
+
 def _stringify_frame(lf: pl.LazyFrame) -> tuple[pl.LazyFrame, set[str]]:
     """Cast every column to String; nested values become JSON. Returns the nested-list columns too."""
     schema = lf.collect_schema()
     exprs, lists = [], set()
     for name, dtype in schema.items():
         col = pl.col(name)
+        if _MAP is not None and isinstance(dtype, _MAP):
+            col = col.cast(pl.List(pl.Struct({"key": dtype.key, "value": dtype.value})))
+            dtype = pl.List(pl.Struct({"key": dtype.key, "value": dtype.value}))
         if isinstance(dtype, pl.Struct):
-            exprs.append(col.struct.json_encode().alias(name))
+            # a null struct is a missing value, not the text "null"
+            exprs.append(pl.when(col.is_null()).then(None).otherwise(col.struct.json_encode()).alias(name))
         elif isinstance(dtype, (pl.List, pl.Array)):
             # json_encode exists for structs only: wrap, encode, cut the {"name": ... } wrapper off.
             prefix = len("{" + json.dumps(name, ensure_ascii=False) + ":")
             enc = pl.struct(col).struct.json_encode().str.slice(prefix).str.head(-1)
             exprs.append(pl.when(col.is_null()).then(None).otherwise(enc).alias(name))
             lists.add(name)
+        elif dtype == pl.Binary:
+            exprs.append(col.cast(pl.String).alias(name))  # strict: non-UTF-8 bytes fail loudly, never become null
         elif dtype == pl.String:
             exprs.append(col)
         else:
@@ -297,6 +433,9 @@ def _normalise(v: pl.Expr) -> pl.Expr:
     return v.str.replace_all(r"\s+", " ").str.strip_chars()
 
 
+_NO_CONTENT = r"^[\s\[\]{}]*$"  # empty, whitespace, or only empty JSON containers: "[]", "{}", "[[]]"
+
+
 def _text_expr(columns: list[str], list_like: set[str], config: IngestConfig) -> pl.Expr:
     fields = []
     for c in columns:
@@ -305,7 +444,7 @@ def _text_expr(columns: list[str], list_like: set[str], config: IngestConfig) ->
             v = _clean_list_like(v)
         if config.normalize_text:
             v = _normalise(v)
-        present = v.is_not_null() & (v.str.strip_chars() != "")
+        present = v.is_not_null() & ~v.str.contains(_NO_CONTENT)
         fields.append(pl.when(present).then(pl.concat_str([pl.lit(f"{c}: "), v])))
     text = pl.concat_str(fields, separator=" | ", ignore_nulls=True).fill_null("")
     text = text.str.slice(0, config.max_text_chars)
@@ -321,18 +460,19 @@ def ingest(*, catalog_uri: str, work_uri: str, config: IngestConfig) -> StageMan
     """Validate and normalise ``catalog_uri``; write items + quarantine under ``<work_uri>/ingest``."""
     watch = Stopwatch()
     fmt = detect_format(catalog_uri, config.format)
-    catalog_sha = _hash_file(catalog_uri, fmt)
+    facts = _hash_file(catalog_uri, fmt)
+    catalog_sha = facts.sha256
     input_hash = hash_of(catalog_sha, config.model_dump())
     done = load_completed(work_uri, STAGE, input_hash)
     if done is not None:
         return done
 
     try:
-        return _run(catalog_uri, work_uri, config, fmt, catalog_sha, input_hash, watch)
+        return _run(catalog_uri, work_uri, config, fmt, facts, input_hash, watch)
     except IngestError:
         raise
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_one_line(exc)}") from exc
+        raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_reader_message(exc)}") from exc
 
 
 def _run(
@@ -340,12 +480,15 @@ def _run(
     work_uri: str,
     config: IngestConfig,
     fmt: str,
-    catalog_sha: str,
+    facts: _FileFacts,
     input_hash: str,
     watch: Stopwatch,
 ) -> StageManifest:
+    catalog_sha = facts.sha256
     raw, list_cols = _scan(catalog_uri, fmt)
     original = list(raw.collect_schema())
+    if fmt in ("csv", "tsv"):
+        _check_last_record(catalog_uri, fmt, facts.tail, n_columns=len(original))
     columns = _strip_type_suffixes(original)
     renamed = dict(zip(original, columns))
     raw = raw.rename({o: n for o, n in renamed.items() if o != n})
@@ -360,14 +503,15 @@ def _run(
     id_col = resolve(config.id_column)
     if id_col is None:
         raise IngestError(
-            f"id column {config.id_column!r} not found in {catalog_uri}; available columns: {', '.join(columns) or '(none)'}"
+            f"id column {config.id_column!r} not found in {catalog_uri}; available columns: {_names(columns)}"
+            f"{_delimiter_hint(columns, fmt)}"
         )
     if config.text_columns is not None:
         missing = [c for c in config.text_columns if resolve(c) is None]
         if missing:
             raise IngestError(
                 f"text column(s) {', '.join(map(repr, missing))} not found in {catalog_uri}; "
-                f"available columns: {', '.join(columns)}"
+                f"available columns: {_names(columns)}{_delimiter_hint(columns, fmt)}"
             )
         text_cols = [resolve(c) for c in config.text_columns]
         if not text_cols:
@@ -377,7 +521,7 @@ def _run(
         if not text_cols:
             raise IngestError(
                 f"none of the default text columns ({', '.join(DEFAULT_TEXT_COLUMNS)}) is in {catalog_uri}; "
-                f"set ingest.text_columns (available columns: {', '.join(columns)})"
+                f"set ingest.text_columns (available columns: {_names(columns)}){_delimiter_hint(columns, fmt)}"
             )
     text_cols = list(dict.fromkeys(text_cols))  # type: ignore[arg-type]
 
