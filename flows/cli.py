@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one config field, e.g. --set fit.epochs=20 --set model.codebook_size=128 (repeatable)")
     run.add_argument("--prior-run", help="a published run prefix, or 'latest' for this catalog's newest finished run: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
 
+    run.add_argument("--retrain", action="store_true",
+                     help="with --prior-run: fit a new model anyway; every ID moves to the new model's space and changes/ holds the old→new map")
+
     sample = sub.add_parser("sample", help="write a synthetic product catalog (CSV)", description="Write a realistic synthetic product catalog, deterministic by seed.")
     sample.add_argument("--out", required=True, help="CSV file to write")
     sample.add_argument("--n", type=int, default=3000, help="number of items (default 3000)")
@@ -73,7 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_safe("run id", args.run_id)
     _check_out(args.out)
 
-    result = retokenize(catalog=args.catalog, out=args.out, name=args.name, run_id=args.run_id, config=config, prior_run=args.prior_run)
+    result = retokenize(catalog=args.catalog, out=args.out, name=args.name, run_id=args.run_id, config=config, prior_run=args.prior_run, retrain=args.retrain)
     c = result["counts"]
     print(f"semantic IDs: {result['prefix']}  (input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']})")
     return 0

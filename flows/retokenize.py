@@ -78,18 +78,18 @@ def embed_task(items: StageManifest, work: str, cache: str, config: PipelineConf
 
 
 @task(name="fit", retries=0)
-def fit_task(embedded: StageManifest, work: str, config: PipelineConfig, prior_run: str | None) -> StageManifest:
+def fit_task(embedded: StageManifest, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> StageManifest:
     dim = embedded.info["dim"]
-    if prior_run:
+    if prior_run and not retrain:
         return _log_stage(reuse_model(prior_model_uri=storage.join(prior_run, "model"), work_uri=work, dim=dim))
     return _log_stage(fit_model(embeddings_uri=embedded.outputs["embeddings"], embeddings_hash=embedded.input_hash, n_items=embedded.counts["items"], dim=dim, work_uri=work, config=config))
 
 
 @task(name="assign", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def assign_task(embedded: StageManifest, fitted: StageManifest, work: str, config: PipelineConfig, prior_run: str | None) -> StageManifest:
+def assign_task(embedded: StageManifest, fitted: StageManifest, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> StageManifest:
     return _log_stage(assign(
         embeddings_uri=embedded.outputs["embeddings"], embeddings_hash=embedded.input_hash, model_uri=fitted.outputs["model"],
-        model_hash=fitted.info.get("model_hash", fitted.input_hash), work_uri=work, config=config, prior_run=prior_run,
+        model_hash=fitted.info.get("model_hash", fitted.input_hash), work_uri=work, config=config, prior_run=prior_run, retrain=retrain,
     ))
 
 
@@ -108,12 +108,15 @@ def retokenize(
     run_id: str | None = None,
     config: PipelineConfig = PipelineConfig(),
     prior_run: str | None = None,
+    retrain: bool = False,
 ) -> dict[str, Any]:
     """Tokenize one catalog into semantic IDs under ``<out>/<name>/<run_id>/``.
 
     ``prior_run``: a published run prefix whose model is reused frozen and whose
     IDs are kept for unchanged items (stable nightly re-tokenization), or
     ``"latest"`` for the newest published run of this catalog (none: fit anew).
+    ``retrain``: with a prior run, fit a new model anyway; every ID moves to the new
+    model's space and ``changes/`` holds the old→new map.
     """
     name = check_safe("catalog name", name or default_name(catalog))
     run_id = check_safe("run id", run_id or default_run_id())
@@ -128,7 +131,7 @@ def retokenize(
             logger.info("prior run: %s", prior_run or "none published yet; fitting a new model")
         elif prior_run and not is_published(prior_run):
             raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
-        return _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run)
+        return _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run, retrain=retrain)
 
 
 def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
@@ -149,17 +152,17 @@ def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
     return None
 
 
-def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None) -> dict[str, Any]:
+def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> dict[str, Any]:
     work = storage.join(out, name, "_work", run_id)
     cache = storage.join(out, "_cache", "embeddings")
-    run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run}
+    run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run, "retrain": retrain}
     items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
     # A catalog that cannot fit the ID space fails here, before any embedding or fitting.
     check_capacity(n_items=items.counts["valid"], n_levels=config.model.n_levels, codebook_size=config.model.codebook_size)
     with ray_session():
         embedded = embed_task(items, work, cache, config)
-        fitted = fit_task(embedded, work, config, prior_run)
-        assigned = assign_task(embedded, fitted, work, config, prior_run)
+        fitted = fit_task(embedded, work, config, prior_run, retrain)
+        assigned = assign_task(embedded, fitted, work, config, prior_run, retrain)
         manifest = export_task(prefix, {"ingest": items, "embed": embedded, "fit": fitted, "assign": assigned}, run)
     storage.remove(work)
     storage.remove_if_empty(storage.join(out, name, "_work"))

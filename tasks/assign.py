@@ -20,6 +20,7 @@ from rqvae_core.ids import check_capacity, format_sid, reassign_stable, resolve_
 from rqvae_core.metrics import MetricsAccumulator, prefix_coherence
 from tasks import storage
 from tasks.config import PipelineConfig
+from tasks.embed import actor_fault_tolerance
 from tasks.fit import load_model, read_vectors
 from tasks.manifest import StageManifest, Stopwatch, hash_of, load_completed, record_completed, stage_dir
 
@@ -64,6 +65,20 @@ def _read_prior(prior_run: str) -> dict[str, np.ndarray]:
     }
 
 
+def _remap_table(prior: dict[str, np.ndarray], item_ids: np.ndarray, sids: np.ndarray) -> pa.Table:
+    """old_sid → new_sid for every item of either run (a retrain moves every ID into a new space)."""
+    old = dict(zip(prior["item_ids"].tolist(), prior["sids"].tolist()))
+    current = item_ids.tolist()
+    present = set(current)
+    removed = sorted(i for i in old if i not in present)
+    return pa.table({
+        "item_id": pa.array(current + removed, pa.string()),
+        "old_sid": pa.array([old.get(i) for i in current] + [old[i] for i in removed], pa.string()),
+        "new_sid": pa.array(sids.tolist() + [None] * len(removed), pa.string()),
+        "status": pa.array(["remapped" if i in old else "new" for i in current] + ["removed"] * len(removed), pa.string()),
+    })
+
+
 def _codes_table(codes: np.ndarray) -> pa.Array:
     width = codes.shape[1]
     flat = pa.array(codes.astype(np.int32).ravel(), type=pa.int32())
@@ -79,8 +94,14 @@ def _write_parts(out_dir: str, table: pa.Table, name: str) -> list[str]:
     return uris
 
 
-def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None) -> StageManifest:
-    input_hash = hash_of("assign", embeddings_hash, model_hash, prior_run or "")
+def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None, retrain: bool = False) -> StageManifest:
+    """IDs for every embedded item.
+
+    With ``prior_run`` and a reused model, unchanged items keep their IDs (stable mode).
+    With ``prior_run`` and ``retrain``, IDs are resolved afresh in the new model's space
+    and the changes table is the old→new map (status ``remapped``/``new``/``removed``).
+    """
+    input_hash = hash_of("assign", embeddings_hash, model_hash, prior_run or "", retrain)
     done = load_completed(work_uri, "assign", input_hash)
     if done:
         return done
@@ -98,6 +119,7 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
         num_gpus=1 if device == "cuda" else 0,
         num_cpus=1,
         batch_format="numpy",
+        ray_remote_args_fn=actor_fault_tolerance,  # bounded actor restarts/retries, see tasks.embed
     )
     accumulator = MetricsAccumulator(n_levels=L, codebook_size=K)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("item_id", "text_hash", "codes", "distance", "last_residual", "sq_err")}
@@ -118,7 +140,7 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
 
     changes = None
     retired = None
-    if prior_run:
+    if prior_run and not retrain:
         prior = _read_prior(prior_run)
         stable = reassign_stable(
             item_ids=data["item_id"], text_hashes=data["text_hash"], codes=data["codes"], distances=data["distance"], codebook_size=K,
@@ -140,6 +162,8 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
         resolved = resolve_collisions(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K, last_level_distances=last_level_distances)
         final_codes, n_moved = resolved.codes, resolved.n_moved
         sid = format_sid(final_codes)
+        if prior_run:  # explicit retrain: export the old→new map
+            changes = _remap_table(_read_prior(prior_run), data["item_id"], sid)
     if len(np.unique(sid)) != n:
         raise RuntimeError("assign: semantic IDs are not unique; refusing to publish")
 
@@ -156,6 +180,7 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
     if changes is not None:
         _write_parts(out_dir, changes, "changes")
         outputs["changes"] = storage.join(out_dir, "changes")
+    if retired is not None:
         _write_parts(out_dir, pa.table({"codes": _codes_table(retired.reshape(-1, L + 1))}), "retired")
         outputs["retired"] = storage.join(out_dir, "retired")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import logging
 import math
 import os
 import time
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 
 from tasks import storage
 from tasks.config import EmbedConfig
+from tasks.logs import stage_logger
 from tasks.manifest import (
     STAGE_RECORD,
     StageManifest,
@@ -49,8 +49,6 @@ from tasks.manifest import (
     record_completed,
     stage_dir,
 )
-
-log = logging.getLogger(__name__)
 
 STAGE = "embed"
 PART_ROWS = 50_000
@@ -117,6 +115,17 @@ def cache_model_key(identity: dict[str, str], *, fp16: bool) -> str:
 
 
 # --------------------------------------------------------------------------- the Ray Data UDF
+
+def actor_fault_tolerance() -> dict[str, int]:
+    """Ray options for the stages' actor pools: a lost actor is restarted and its batch re-run, a bounded number of times.
+
+    Ray Data's default is to restart forever, so an actor that dies on every attempt
+    (out of memory, a crashing batch) would hang the run while it holds the catalog
+    lock; bounded, the stage fails and the Prefect task retry starts it afresh.
+    Passed as ``ray_remote_args_fn`` (it overrides Ray Data's defaults; ``**ray_remote_args``
+    is deprecated).
+    """
+    return {"max_restarts": 2, "max_task_retries": 2}
 
 
 class TextEmbedder:
@@ -209,7 +218,7 @@ def _load_cache(cache_dir: str, needed: pa.Array) -> pa.Table | None:
         try:
             t = pq.read_table(storage.filesystem(uri)[1], filesystem=fs, columns=["text_hash", "vector"], filters=flt)
         except Exception as exc:  # noqa: BLE001 - the cache is an optimisation, never a failure
-            log.warning("embed cache: skipping unreadable %s (%s)", uri, exc)
+            stage_logger(STAGE).warning("embed cache: skipping unreadable %s (%s)", uri, exc)
             continue
         if t.num_rows:
             tables.append(t)
@@ -217,7 +226,7 @@ def _load_cache(cache_dir: str, needed: pa.Array) -> pa.Table | None:
         return None
     types = {t.schema.field("vector").type for t in tables}
     if len(types) != 1 or not pa.types.is_fixed_size_list(next(iter(types))):
-        log.warning("embed cache: inconsistent vector types under %s (%s); ignoring the cache", cache_dir, types)
+        stage_logger(STAGE).warning("embed cache: inconsistent vector types under %s (%s); ignoring the cache", cache_dir, types)
         return None
     dim = next(iter(types)).list_size
     table = pa.concat_tables([t.cast(pa.schema([("text_hash", pa.string()), ("vector", _vector_type(dim))])) for t in tables])
@@ -269,6 +278,7 @@ def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool
         num_gpus=1 if device == "cuda" else 0,
         num_cpus=1,
         batch_format="numpy",
+        ray_remote_args_fn=actor_fault_tolerance,
     )
     hashes: list[np.ndarray] = []
     vectors: list[np.ndarray] = []

@@ -79,6 +79,7 @@ def export(*, prefix: str, stages: dict[str, StageManifest], run: dict[str, Any]
         "quarantine_reasons": ingest.info.get("quarantine_reasons", {}),
         "params": run["config"],
         "prior_run": run.get("prior_run"),
+        "retrain": run.get("retrain", False),
         "versions": versions(),
         "timings": {name: m.seconds for name, m in stages.items()},
         "resumed_stages": sorted(name for name, m in stages.items() if m.resumed),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import ray.data
 import ray.train
 import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
@@ -56,6 +57,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics.to_dict())
+        if ctx.get_world_rank() == 0:  # one progress line per epoch, forwarded to the driver's log
+            print(f"fit epoch {metrics.epoch + 1}/{loop_config['epochs']}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
+                  f"code usage {[round(u, 3) for u in metrics.code_usage]}", flush=True)
         ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 
     fit(
@@ -95,6 +99,25 @@ def read_vectors(embeddings_uri: str) -> ray.data.Dataset:
     return ray.data.read_parquet(paths, filesystem=fs if storage.is_s3(embeddings_uri) else None, columns=["item_id", "text_hash", "vector"])
 
 
+def training_dataset(embeddings_uri: str) -> ray.data.Dataset:
+    """The training rows in the order of the embedding parts (item_id order), whatever order Ray's tasks finish in.
+
+    Without ``preserve_order``, several part files (catalogs over 50k items) are read by
+    parallel tasks whose blocks land in completion order, so the shuffle buffer and hence
+    the fitted model (and the IDs) would change from run to run.
+    """
+    dataset = read_vectors(embeddings_uri)
+    dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the DataContext
+    # materialised once: every epoch then streams from the object store instead of re-reading Parquet
+    return dataset.map_batches(_to_matrix, batch_format="numpy").materialize()
+
+
+def ingest_options() -> ray.data.ExecutionOptions:
+    """Ray Train's default ingest options, with the block order kept (see ``training_dataset``)."""
+    current = ray.data.DataContext.get_current().execution_options
+    return ray.data.ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True, verbose_progress=current.verbose_progress)
+
+
 def check_health(history: list[dict[str, Any]], *, codebook_size: int, n_items: int, min_code_usage: float) -> None:
     """Fail before publishing when the loss went non-finite or a level collapsed."""
     if not history:
@@ -127,8 +150,7 @@ def fit_model(*, embeddings_uri: str, embeddings_hash: str, n_items: int, dim: i
     # Leave a CPU for Ray Data feeding the shards, or the trainer waits forever (STACK.md).
     cpus = ray.cluster_resources().get("CPU", 1)
     cpu_per_worker = max(0.25, min(1.0, (cpus - 1) / workers)) if cpus > 1 else 0.5
-    # materialised once: every epoch then streams from the object store instead of re-reading Parquet
-    dataset = read_vectors(embeddings_uri).map_batches(_to_matrix, batch_format="numpy").materialize()
+    dataset = training_dataset(embeddings_uri)
     with tempfile.TemporaryDirectory(prefix="semid-train-") as storage_path:
         trainer = TorchTrainer(
             _train_loop,
@@ -142,6 +164,7 @@ def fit_model(*, embeddings_uri: str, embeddings_hash: str, n_items: int, dim: i
             },
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpu_per_worker, **({"GPU": 1} if use_gpu else {})}),
             datasets={"train": dataset},
+            dataset_config=ray.train.DataConfig(execution_options=ingest_options()),
             run_config=RunConfig(name="rqvae", storage_path=storage_path),
         )
         result = trainer.fit()

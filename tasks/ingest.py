@@ -94,6 +94,10 @@ _CHUNK = 8 << 20
 _TAIL = 64 << 10
 
 
+class _WriteFailed(Exception):
+    """Writing the work area failed; ``ingest`` re-raises the cause unchanged (retryable, not bad input)."""
+
+
 class IngestError(ValueError):
     """The catalog cannot be ingested (missing, empty, unparseable, no id column...)."""
 
@@ -471,6 +475,8 @@ def ingest(*, catalog_uri: str, work_uri: str, config: IngestConfig) -> StageMan
         return _run(catalog_uri, work_uri, config, fmt, facts, input_hash, watch)
     except IngestError:
         raise
+    except _WriteFailed as exc:
+        raise exc.__cause__ from None
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_reader_message(exc)}") from exc
 
@@ -589,16 +595,18 @@ def _run(
     out_dir = stage_dir(work_uri, STAGE)
     items_uri = storage.join(out_dir, "items.parquet")
     quarantine_uri = storage.join(out_dir, "quarantine.parquet")
-    # A stale completion record must never vouch for half-rewritten outputs.
-    storage.remove(storage.join(out_dir, STAGE_RECORD))
-    storage.write_parquet(_to_arrow(items, {"item_id": pa.string(), "text": pa.string(), "text_hash": pa.string()}), items_uri)
-    storage.write_parquet(
-        _to_arrow(
-            quarantine,
-            {**{out_names[c]: pa.string() for c in columns}, "reason": pa.string(), "row_number": pa.int64()},
-        ),
-        quarantine_uri,
+    items_table = _to_arrow(items, {"item_id": pa.string(), "text": pa.string(), "text_hash": pa.string()})
+    quarantine_table = _to_arrow(
+        quarantine,
+        {**{out_names[c]: pa.string() for c in columns}, "reason": pa.string(), "row_number": pa.int64()},
     )
+    try:
+        # A stale completion record must never vouch for half-rewritten outputs.
+        storage.remove(storage.join(out_dir, STAGE_RECORD))
+        storage.write_parquet(items_table, items_uri)
+        storage.write_parquet(quarantine_table, quarantine_uri)
+    except Exception as exc:  # the output store failed, not the catalog: keep the original error type
+        raise _WriteFailed() from exc
 
     reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows()) if n_quar else {}
     manifest = StageManifest(
@@ -618,7 +626,10 @@ def _run(
         },
         seconds=watch.seconds,
     )
-    return record_completed(work_uri, manifest)
+    try:
+        return record_completed(work_uri, manifest)
+    except Exception as exc:
+        raise _WriteFailed() from exc
 
 
 def _to_arrow(df: pl.DataFrame, types: dict[str, pa.DataType]) -> pa.Table:

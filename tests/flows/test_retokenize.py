@@ -129,6 +129,15 @@ def test_flow_end_to_end_then_stable_rerun(tmp_path, capsys):
     assert shared == sorted(shared, reverse=True), "ranked by shared prefix first"
     assert main(["similar", prefix2, "NO-SUCH-ITEM"]) == 2
 
+    # An explicit retrain against r2: a new model, and the old→new map in changes/.
+    retokenize(catalog=str(catalog2), out=str(out), name="shop", run_id="r3", config=config, prior_run=prefix2, retrain=True)
+    third = storage.read_json(str(out / "shop" / "r3" / "manifest.json"))
+    assert third["retrain"] and "reused_from" not in third["stages"]["fit"]["info"]
+    remap = pq.read_table(out / "shop" / "r3" / "changes").to_pydict()
+    assert set(remap["status"]) == {"remapped"} and len(remap["item_id"]) == len(new)
+    new3 = dict(zip(*pq.read_table(out / "shop" / "r3" / "semantic_ids").select(["item_id", "sid"]).to_pydict().values()))
+    assert all(new[i] == o and new3[i] == n for i, o, n in zip(remap["item_id"], remap["old_sid"], remap["new_sid"]))
+
     # A finished prefix is immutable: running the same run id again does nothing.
     again = retokenize(catalog=str(catalog2), out=str(out), name="shop", run_id="r2", config=config, prior_run=prefix)
     assert again["skipped"]

@@ -137,10 +137,54 @@ class Run:
         return "\n".join(self.output().splitlines()[-n:])
 
 
+@functools.lru_cache(maxsize=1)
+def prefect_api_url() -> str:
+    """One ``prefect server`` (own PREFECT_HOME, own process group) shared by every run of the session.
+
+    Each flow run could start its own ephemeral API instead, but that costs ~10 s
+    a run on 2 CPUs; the runs only need *a* Prefect API, and the server also
+    keeps the task-run history (retries) of runs that were killed.
+    """
+    import atexit
+    import urllib.request
+
+    home = Path(tempfile.mkdtemp(prefix="semid-reliability-prefect-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(QUIET_ENV)
+    env["PREFECT_HOME"] = str(home)
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(PYTHON).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def stop() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=10)
+
+    atexit.register(stop)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError("prefect server exited: " + (home / "server.log").read_text(errors="replace")[-3000:])
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except Exception:  # noqa: BLE001
+            return False
+
+    wait_for(healthy, timeout=120, interval=0.3, what="the prefect server")
+    return url
+
+
 def subprocess_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "RAY_ADDRESS"))}
     env.update(QUIET_ENV)
     env["PREFECT_HOME"] = str(home)
+    env["PREFECT_API_URL"] = prefect_api_url()
     env["PREFECT_LOGGING_LEVEL"] = "INFO"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
@@ -268,6 +312,11 @@ def ids_bytes(prefix: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((prefix / "semantic_ids").glob("*.parquet"))}
 
 
+def read_json(path: Path, drop: tuple[str, ...] = ()) -> dict:
+    data = json.loads(path.read_text())
+    return {k: v for k, v in data.items() if k not in drop}
+
+
 def manifest(prefix: Path) -> dict:
     return json.loads((prefix / "manifest.json").read_text())
 
@@ -282,18 +331,38 @@ class Reference:
     prefix: Path
     ids_hash: str
     log: str
+    shuffled_catalog: Path
+    shuffled_prefix: Path
+    """The same catalog with its rows shuffled, run side by side with the reference (for test_determinism)."""
 
 
 @functools.lru_cache(maxsize=1)
 def reference_run() -> Reference:
-    """One uninterrupted run of the standard catalog and config, shared by every test in the session."""
+    """One uninterrupted run of the standard catalog and config, shared by every test in the session.
+
+    Its twin on the shuffled catalog runs at the same time (own output root, own
+    embedding cache): two runs side by side cost less wall time than one after the other.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="semid-reliability-ref-"))
     catalog = make_catalog(tmp / "shop.csv")
+    shuffled = make_catalog(tmp / "shop-shuffled.csv", shuffle_seed=123)
     config = write_config(tmp / "tiny.json")
-    code, log = run_flow(tmp, catalog=catalog, out=tmp / "out", run_id="ref", config=config)
-    assert code == 0, f"reference run failed ({code}):\n{log[-4000:]}"
+    runs = {
+        "ref": start_run(tmp, catalog=catalog, out=tmp / "out", run_id="ref", config=config),
+        "shuffled": start_run(tmp, catalog=shuffled, out=tmp / "out-shuffled", run_id="shuffled", config=config),
+    }
+    try:
+        codes = {k: r.wait(timeout=400) for k, r in runs.items()}
+    finally:
+        for r in runs.values():
+            kill_tree(r.pid)
+    for k, code in codes.items():
+        assert code == 0, f"{k} run failed ({code}):\n{runs[k].tail()}"
     prefix = tmp / "out" / "shop" / "ref"
-    return Reference(catalog=catalog, config=config, prefix=prefix, ids_hash=manifest(prefix)["ids_hash"], log=log)
+    return Reference(
+        catalog=catalog, config=config, prefix=prefix, ids_hash=manifest(prefix)["ids_hash"], log=runs["ref"].output(),
+        shuffled_catalog=shuffled, shuffled_prefix=tmp / "out-shuffled" / "shop" / "shuffled",
+    )
 
 
 # --------------------------------------------------------------------------- a moto server we can stop
