@@ -21,7 +21,7 @@ from tasks import storage
 from tasks.assign import assign
 from tasks.config import PipelineConfig
 from tasks.embed import embed
-from tasks.export import export, is_published
+from tasks.export import export, is_published, latest_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
 from tasks.locks import catalog_lock
@@ -132,24 +132,6 @@ def retokenize(
         elif prior_run and not is_published(prior_run):
             raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
         return _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run, retrain=retrain)
-
-
-def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
-    """The most recent finished run of a catalog (by run id, which defaults to a UTC timestamp)."""
-    fs, path = storage.filesystem(catalog_prefix)
-    if not fs.exists(path):
-        return None
-    runs = sorted(
-        (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)),
-        reverse=True,
-    )
-    for run_id in runs:
-        if run_id.startswith(("_", ".")) or run_id == exclude:
-            continue
-        candidate = storage.join(catalog_prefix, run_id)
-        if is_published(candidate):
-            return candidate
-    return None
 
 
 def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> dict[str, Any]:

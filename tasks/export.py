@@ -45,6 +45,24 @@ def is_published(prefix: str) -> bool:
     return storage.exists(storage.join(prefix, SUCCESS))
 
 
+def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
+    """The most recent finished run of a catalog (by run id, which defaults to a UTC timestamp)."""
+    fs, path = storage.filesystem(catalog_prefix)
+    if not fs.exists(path):
+        return None
+    runs = sorted(
+        (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)),
+        reverse=True,
+    )
+    for run_id in runs:
+        if run_id.startswith(("_", ".")) or run_id == exclude:
+            continue
+        candidate = storage.join(catalog_prefix, run_id)
+        if is_published(candidate):
+            return candidate
+    return None
+
+
 def export(*, prefix: str, stages: dict[str, StageManifest], run: dict[str, Any]) -> dict[str, Any]:
     """Write the run's output layout and return its manifest (as written to ``manifest.json``)."""
     clock = Stopwatch()
