@@ -11,7 +11,7 @@ from typing import Sequence
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 
-_QUIET_ENV = {
+QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -132,7 +132,7 @@ def _short(value: object, limit: int = 80) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for key, value in _QUIET_ENV.items():
+    for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar}

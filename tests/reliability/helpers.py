@@ -28,6 +28,8 @@ import csv
 
 import pyarrow.parquet as pq
 
+from flows.cli import QUIET_ENV as CLI_QUIET_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
@@ -42,15 +44,7 @@ N_ITEMS = 300
 CATALOG_SEED = 7
 SECRET = "reliability-secret-Zq9xV2"  # the AWS secret handed to every S3 run; must never be printed or stored
 
-QUIET_ENV = {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONUNBUFFERED": "1",
-}
+QUIET_ENV = {**CLI_QUIET_ENV, "PYTHONUNBUFFERED": "1"}
 
 
 # --------------------------------------------------------------------------- catalogs and configs
