@@ -108,7 +108,7 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
     clock = Stopwatch()
     model = load_model(model_uri)
     L, K = model.config.n_levels, model.config.codebook_size
-    device = "cuda" if ray.cluster_resources().get("GPU", 0) and torch.cuda.is_available() else "cpu"
+    device = "cuda" if ray.cluster_resources().get("GPU", 0) else "cpu"  # where the encoder actors run, not the driver
     dataset = read_vectors(embeddings_uri)
     n_blocks = max(1, config.assign.num_blocks)
     encoded = dataset.repartition(n_blocks).map_batches(
@@ -221,10 +221,10 @@ def _ids_digest(item_ids: np.ndarray, sids: np.ndarray) -> str:
 def _sample_vectors(embeddings_uri: str, wanted: set[str]) -> np.ndarray:
     """Vectors of the sampled items, in item_id order (embedding parts are sorted by item_id)."""
     rows = []
+    value_set = pa.array(sorted(wanted), pa.string())
     for uri in storage.list_parquet(embeddings_uri):
         t = storage.read_parquet(uri)
-        mask = pc.is_in(t["item_id"], value_set=pa.array(sorted(wanted), pa.string()))
-        t = t.filter(mask)
+        t = t.filter(pc.is_in(t["item_id"], value_set=value_set))
         if t.num_rows:
             rows.append(np.asarray(t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(t.num_rows, -1))
     return np.concatenate(rows)
