@@ -265,7 +265,7 @@ def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool
     else:
         capacity = max(1, int(resources.get("CPU", 1)))
     # No more actors than the cluster can hold (more would wait forever) or than batches to run.
-    num_actors = max(1, min(config.num_actors, capacity, math.ceil(texts.num_rows / config.batch_size)))
+    num_actors = max(1, min(config.num_actors or capacity, capacity, math.ceil(texts.num_rows / config.batch_size)))
     ds = ray.data.from_arrow(
         texts.select(["text_hash", "text"]),
         override_num_blocks=_num_blocks(texts.num_rows, num_actors, config.batch_size),
