@@ -58,3 +58,45 @@ def kmeans(x: torch.Tensor, *, k: int, iters: int = 10, generator: torch.Generat
         centers[filled] = sums[filled] / counts[filled, None]  # empty clusters keep their seed
         assignments = squared_distances(x, centers).argmin(-1)
     return KMeansResult(centers=centers, assignments=assignments)
+
+
+class ResidualKMeansResult(NamedTuple):
+    codes: torch.Tensor  # (n, L) long
+    codebooks: torch.Tensor  # (L, k, d) centres per level
+    distance: torch.Tensor  # (n,) ‖x − Σ chosen centres‖: what the L codes leave unexplained
+    last_residual: torch.Tensor  # (n, d) residual entering the last level (for overflow moves)
+
+
+@torch.no_grad()
+def residual_kmeans(
+    x: torch.Tensor, *, n_levels: int, k: int, iters: int = 20, seed: int = 0, fit_rows: int | None = None
+) -> ResidualKMeansResult:
+    """Residual k-means: level i clusters what levels < i left unexplained.
+
+    The baseline every learned semantic ID must beat (and, in this project, a
+    quantizer in its own right): no encoder, k-means++ then Lloyd per level on the
+    residuals. ``fit_rows`` caps the rows each level is fitted on (a deterministic
+    sample); every row is then assigned to the nearest centre.
+    """
+    x = x.detach().float()
+    generator = torch.Generator().manual_seed(seed)
+    residual = x.clone()
+    codes, books = [], []
+    last_residual = residual
+    for _ in range(n_levels):
+        last_residual = residual.clone()
+        sample = residual
+        if fit_rows is not None and residual.shape[0] > fit_rows:
+            idx = torch.randperm(residual.shape[0], generator=generator)[:fit_rows].to(x.device)
+            sample = residual[idx]
+        centers = kmeans(sample, k=k, iters=iters, generator=generator).centers
+        level_codes = torch.cat([squared_distances(chunk, centers).argmin(-1) for chunk in residual.split(65_536)])
+        residual = residual - centers[level_codes]
+        codes.append(level_codes)
+        books.append(centers)
+    return ResidualKMeansResult(
+        codes=torch.stack(codes, dim=1),
+        codebooks=torch.stack(books),
+        distance=residual.norm(dim=-1),
+        last_residual=last_residual,
+    )
