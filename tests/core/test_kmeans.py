@@ -17,7 +17,7 @@ def test_residual_kmeans_reconstructs_and_each_level_helps():
     assert int(three.codes.min()) >= 0 and int(three.codes.max()) < 8
     quantized = sum(three.codebooks[lvl][three.codes[:, lvl]] for lvl in range(3))
     torch.testing.assert_close((x - quantized).norm(dim=-1), three.distance, atol=1e-4, rtol=1e-4)
-    assert three.distance.mean() < 0.8 * one.distance.mean()
+    assert three.distance.mean() < 0.9 * one.distance.mean()
     # level 1 recovers the 8 planted clusters: every cluster maps to one code
     assert len(torch.unique(one.codes[:, 0])) == 8
 
