@@ -1,0 +1,58 @@
+import math
+
+import numpy as np
+import pytest
+
+from tasks.evaluate import metrics as M
+from tasks.evaluate.split import PAD, leave_one_out
+
+
+def test_leave_one_out_never_trains_on_validation_or_test():
+    rng = np.random.default_rng(0)
+    seqs = [rng.permutation(100)[: rng.integers(3, 40)] for _ in range(50)]
+    sp = leave_one_out(seqs, max_history=5)
+    assert len(sp.validation) == len(sp.test) == 50
+    assert len(sp.train) == sum(len(s) - 3 for s in seqs)
+    for u, s in enumerate(seqs):
+        n = len(s)
+        rows = sp.train.user == u
+        # training targets are positions 1..n-3; histories only hold earlier positions (< n-2)
+        assert set(sp.train.position[rows].tolist()) == set(range(1, n - 2))
+        assert s[n - 1] not in set(sp.train.target[rows]) | set(sp.train.history[rows].ravel())
+        assert s[n - 2] not in set(sp.train.target[rows]) | set(sp.train.history[rows].ravel())
+        assert sp.test.target[u] == s[-1] and sp.validation.target[u] == s[-2]
+        h = sp.test.history[u]
+        assert h[h != PAD].tolist() == s[-6:-1].tolist()  # capped at the 5 most recent
+    assert (sp.train.lengths() <= 5).all()
+
+
+def test_split_rejects_short_users():
+    with pytest.raises(ValueError, match=">= 3 items"):
+        leave_one_out([np.array([1, 2])])
+
+
+def test_metrics_match_hand_computed():
+    ranked = np.array([[7, 3, 9], [1, 2, 3], [4, 5, 6], [0, -1, -1]])
+    target = np.array([3, 1, 8, 0])
+    ranks = M.target_ranks(ranked, target)
+    assert ranks.tolist() == [1, 0, -1, 0]
+    m = M.summarize(ranks)
+    assert m["recall@5"].mean == pytest.approx(3 / 4)
+    ndcg = [1 / math.log2(3), 1.0, 0.0, 1.0]
+    assert m["ndcg@10"].mean == pytest.approx(np.mean(ndcg))
+    assert m["ndcg@10"].se == pytest.approx(np.std(ndcg, ddof=1) / 2)
+    assert m["recall@5"].se == pytest.approx(np.std([1, 1, 0, 1], ddof=1) / 2)
+
+
+def test_rank_beyond_cutoff_counts_for_10_not_5():
+    ranks = np.array([6])
+    m = M.summarize(ranks)
+    assert m["recall@5"].mean == 0 and m["recall@10"].mean == 1
+    assert m["ndcg@10"].mean == pytest.approx(1 / math.log2(8))
+
+
+def test_combine_seeds():
+    c = M.combine_seeds([M.Metric(0.1, 0.01), M.Metric(0.2, 0.02)])
+    assert c.mean == pytest.approx(0.15)
+    assert c.se == pytest.approx(math.sqrt((0.01**2 + 0.02**2) / 2 + np.var([0.1, 0.2], ddof=1) / 2))
+    assert M.combine_seeds([M.Metric(0.3, 0.05)]) == M.Metric(0.3, 0.05)
