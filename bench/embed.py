@@ -110,12 +110,12 @@ def main() -> None:
         "texts": n,
         "source": source,
         "device": device,
-        "fp16": manifest.info["fp16"],
-        "num_actors": manifest.info["num_actors"],
+        "fp16": manifest.fp16,
+        "num_actors": manifest.num_actors,
         "batch_size": args.batch_size,
         "stage_seconds": round(stage_s, 2),
         "stage_items_per_s": round(n / stage_s, 1),
-        "stage_embed_seconds": manifest.info["embed_seconds"],
+        "stage_embed_seconds": manifest.embed_seconds,
         "plain_seconds": round(plain_s, 2),
         "plain_items_per_s": round(n / plain_s, 1),
         "plain_threads": args.baseline_threads,
@@ -126,7 +126,7 @@ def main() -> None:
     print(f"embed bench: {n} texts ({source}), device={device}, fp16={result['fp16']}, "
           f"actors={result['num_actors']}, batch={args.batch_size}")
     print(f"  stage (tasks.embed.embed, end to end, Ray up): {result['stage_items_per_s']:>8.1f} items/s "
-          f"({stage_s:.2f} s; Ray Data part {manifest.info['embed_seconds']:.2f} s)")
+          f"({stage_s:.2f} s; Ray Data part {manifest.embed_seconds:.2f} s)")
     print(f"  plain SentenceTransformer.encode ({args.baseline_threads} thread(s)): "
           f"{result['plain_items_per_s']:>8.1f} items/s ({plain_s:.2f} s)")
     print(f"  ratio stage/plain: {result['ratio_stage_over_plain']:.3f}")

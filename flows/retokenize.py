@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
 
@@ -25,7 +25,7 @@ from tasks.export import export, is_published, latest_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
 from tasks.locks import catalog_lock
-from tasks.manifest import StageManifest
+from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, StageResult
 from tasks.ray_runtime import ray_session
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -62,40 +62,42 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     return False
 
 
-def _log_stage(m: StageManifest) -> StageManifest:
-    get_run_logger().info("%s %s in %.1fs: %s", m.stage, "resumed" if m.resumed else "done", m.seconds, m.counts)
+R = TypeVar("R", bound=StageResult)
+
+
+def _log_stage(m: R) -> R:
+    get_run_logger().info("%s %s in %.1fs: %s", m.stage, "resumed" if m.resumed else "done", m.seconds, m.summary())
     return m
 
 
 @task(name="ingest", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
-def ingest_task(catalog: str, work: str, config: PipelineConfig) -> StageManifest:
+def ingest_task(catalog: str, work: str, config: PipelineConfig) -> IngestResult:
     return _log_stage(ingest(catalog_uri=catalog, work_uri=work, config=config.ingest))
 
 
 @task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def embed_task(items: StageManifest, work: str, cache: str, config: PipelineConfig) -> StageManifest:
-    return _log_stage(embed(items_uri=items.outputs["items"], work_uri=work, cache_uri=cache, config=config.embed))
+def embed_task(items: IngestResult, work: str, cache: str, config: PipelineConfig) -> EmbedResult:
+    return _log_stage(embed(items_uri=items.items, work_uri=work, cache_uri=cache, config=config.embed))
 
 
 @task(name="fit", retries=0)
-def fit_task(embedded: StageManifest, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> StageManifest:
-    dim = embedded.info["dim"]
+def fit_task(embedded: EmbedResult, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> FitResult:
     if prior_run and not retrain:
-        return _log_stage(reuse_model(prior_model_uri=storage.join(prior_run, "model"), work_uri=work, dim=dim))
-    return _log_stage(fit_model(embeddings_uri=embedded.outputs["embeddings"], embeddings_hash=embedded.input_hash, n_items=embedded.counts["items"], dim=dim, work_uri=work, config=config))
+        return _log_stage(reuse_model(prior_model_uri=storage.join(prior_run, "model"), work_uri=work, dim=embedded.dim))
+    return _log_stage(fit_model(embeddings_uri=embedded.embeddings, embeddings_hash=embedded.input_hash, n_items=embedded.items, dim=embedded.dim, work_uri=work, config=config))
 
 
 @task(name="assign", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def assign_task(embedded: StageManifest, fitted: StageManifest, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> StageManifest:
+def assign_task(embedded: EmbedResult, fitted: FitResult, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
     return _log_stage(assign(
-        embeddings_uri=embedded.outputs["embeddings"], embeddings_hash=embedded.input_hash, model_uri=fitted.outputs["model"],
-        model_hash=fitted.info.get("model_hash", fitted.input_hash), work_uri=work, config=config, prior_run=prior_run, retrain=retrain,
+        embeddings_uri=embedded.embeddings, embeddings_hash=embedded.input_hash, model_uri=fitted.model,
+        model_hash=fitted.model_hash, work_uri=work, config=config, prior_run=prior_run, retrain=retrain,
     ))
 
 
 @task(name="export", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def export_task(prefix: str, stages: dict[str, StageManifest], run: dict[str, Any]) -> dict[str, Any]:
-    manifest = export(prefix=prefix, stages=stages, run=run)
+def export_task(prefix: str, items: IngestResult, embedded: EmbedResult, fitted: FitResult, assigned: AssignResult, run: dict[str, Any]) -> dict[str, Any]:
+    manifest = export(prefix=prefix, ingest=items, embed=embedded, fit=fitted, assign=assigned, run=run)
     get_run_logger().info("published %s: %s", prefix, manifest["counts"])
     return manifest
 
@@ -140,12 +142,12 @@ def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, 
     run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run, "retrain": retrain}
     items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
     # A catalog that cannot fit the ID space fails here, before any embedding or fitting.
-    check_capacity(n_items=items.counts["valid"], n_levels=config.model.n_levels, codebook_size=config.model.codebook_size)
+    check_capacity(n_items=items.valid, n_levels=config.model.n_levels, codebook_size=config.model.codebook_size)
     with ray_session():
         embedded = embed_task(items, work, cache, config)
         fitted = fit_task(embedded, work, config, prior_run, retrain)
         assigned = assign_task(embedded, fitted, work, config, prior_run, retrain)
-        manifest = export_task(prefix, {"ingest": items, "embed": embedded, "fit": fitted, "assign": assigned}, run)
+        manifest = export_task(prefix, items, embedded, fitted, assigned, run)
     storage.remove(work)
     storage.remove_if_empty(storage.join(out, name, "_work"))
     return {"prefix": prefix, "counts": manifest["counts"], "skipped": False}

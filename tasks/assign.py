@@ -22,7 +22,7 @@ from tasks import storage
 from tasks.config import PipelineConfig
 from tasks.embed import actor_fault_tolerance
 from tasks.fit import load_model, read_vectors
-from tasks.manifest import StageManifest, Stopwatch, hash_of, load_completed, record_completed, stage_dir
+from tasks.manifest import AssignResult, hash_of, run_stage, stage_dir
 
 PART_ROWS = 500_000
 
@@ -94,7 +94,7 @@ def _write_parts(out_dir: str, table: pa.Table, name: str) -> list[str]:
     return uris
 
 
-def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None, retrain: bool = False) -> StageManifest:
+def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None, retrain: bool = False) -> AssignResult:
     """IDs for every embedded item.
 
     With ``prior_run`` and a reused model, unchanged items keep their IDs (stable mode).
@@ -102,10 +102,13 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
     and the changes table is the old→new map (status ``remapped``/``new``/``removed``).
     """
     input_hash = hash_of("assign", embeddings_hash, model_hash, prior_run or "", retrain)
-    done = load_completed(work_uri, "assign", input_hash)
-    if done:
-        return done
-    clock = Stopwatch()
+    return run_stage(
+        work_uri=work_uri, result_type=AssignResult, input_hash=input_hash,
+        build=lambda: _assign(embeddings_uri=embeddings_uri, model_uri=model_uri, work_uri=work_uri, config=config, prior_run=prior_run, retrain=retrain),
+    )
+
+
+def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
     model = load_model(model_uri)
     L, K = model.config.n_levels, model.config.codebook_size
     device = "cuda" if ray.cluster_resources().get("GPU", 0) else "cpu"  # where the encoder actors run, not the driver
@@ -175,14 +178,11 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
     })
     out_dir = stage_dir(work_uri, "assign")
     storage.remove(out_dir)
-    outputs = {"semantic_ids": storage.join(out_dir, "semantic_ids")}
     _write_parts(out_dir, ids_table, "semantic_ids")
     if changes is not None:
         _write_parts(out_dir, changes, "changes")
-        outputs["changes"] = storage.join(out_dir, "changes")
     if retired is not None:
         _write_parts(out_dir, pa.table({"codes": _codes_table(retired.reshape(-1, L + 1))}), "retired")
-        outputs["retired"] = storage.join(out_dir, "retired")
 
     sample = np.sort(np.random.default_rng(0).permutation(n)[: min(n, 20_000)])
     vectors = _sample_vectors(embeddings_uri, set(data["item_id"][sample].tolist()))
@@ -199,14 +199,18 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
         status = pc.value_counts(changes["status"]).to_pylist()
         quality["changes"] = {d["values"]: d["counts"] for d in status}
     storage.write_json(storage.join(out_dir, "quality.json"), quality)
-    outputs["quality"] = storage.join(out_dir, "quality.json")
-    manifest = StageManifest(
-        stage="assign", input_hash=input_hash, outputs=outputs,
-        counts={"ided": n, **({"removed": int(changes.num_rows - n)} if changes is not None else {})},
-        info={"device": device, "n_moved": int(n_moved), "unique_tuple_rate": metrics["unique_tuple_rate"], "ids_hash": _ids_digest(data["item_id"], sid)},
-        seconds=clock.seconds,
+    return AssignResult(
+        semantic_ids=storage.join(out_dir, "semantic_ids"),
+        quality=storage.join(out_dir, "quality.json"),
+        changes=storage.join(out_dir, "changes") if changes is not None else None,
+        retired=storage.join(out_dir, "retired") if retired is not None else None,
+        ided=n,
+        removed=int(changes.num_rows - n) if changes is not None else None,
+        device=device,
+        n_moved=int(n_moved),
+        unique_tuple_rate=metrics["unique_tuple_rate"],
+        ids_hash=_ids_digest(data["item_id"], sid),
     )
-    return record_completed(work_uri, manifest)
 
 
 def _ids_digest(item_ids: np.ndarray, sids: np.ndarray) -> str:

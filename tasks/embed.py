@@ -40,15 +40,7 @@ import pyarrow.parquet as pq
 from tasks import storage
 from tasks.config import EmbedConfig
 from tasks.logs import stage_logger
-from tasks.manifest import (
-    STAGE_RECORD,
-    StageManifest,
-    Stopwatch,
-    hash_of,
-    load_completed,
-    record_completed,
-    stage_dir,
-)
+from tasks.manifest import EmbedResult, completed, hash_of, run_stage, stage_dir
 
 STAGE = "embed"
 PART_ROWS = 50_000
@@ -293,8 +285,7 @@ def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool
 
 
 def _write_parts(out_dir: str, table: pa.Table) -> list[str]:
-    """Replace the stage's part files with ``ceil(N / PART_ROWS)`` new ones (record removed first)."""
-    storage.remove(storage.join(out_dir, STAGE_RECORD))
+    """Replace the stage's part files with ``ceil(N / PART_ROWS)`` new ones."""
     for old in storage.list_parquet(out_dir):
         storage.remove(old)
     n_parts = max(1, math.ceil(table.num_rows / PART_ROWS))
@@ -309,11 +300,10 @@ def _write_parts(out_dir: str, table: pa.Table) -> list[str]:
 # --------------------------------------------------------------------------- the stage
 
 
-def embed(*, items_uri: str, work_uri: str, cache_uri: str | None, config: EmbedConfig) -> StageManifest:
+def embed(*, items_uri: str, work_uri: str, cache_uri: str | None, config: EmbedConfig) -> EmbedResult:
     """Embed every item of ``items_uri`` into ``<work_uri>/embed/``; resumes when already complete."""
     from tasks.ray_runtime import ray_session, resolve_device
 
-    watch = Stopwatch()
     items = _read_items(items_uri)
     identity = model_identity(config.model)
     items_hash = _items_hash(items)
@@ -323,40 +313,42 @@ def embed(*, items_uri: str, work_uri: str, cache_uri: str | None, config: Embed
 
     if config.device == "cpu" or not config.fp16:
         # Precision is known without asking Ray for GPUs: resume without starting it.
-        done = load_completed(work_uri, STAGE, input_hash(False))
+        done = completed(work_uri, EmbedResult, input_hash(False))
         if done is not None:
             return done
 
     with ray_session():
         device = resolve_device(config.device)
         fp16 = bool(config.fp16 and device == "cuda")
-        ih = input_hash(fp16)
-        done = load_completed(work_uri, STAGE, ih)
-        if done is not None:
-            return done
+        return run_stage(
+            work_uri=work_uri, result_type=EmbedResult, input_hash=input_hash(fp16),
+            build=lambda: _embed_items(items, identity=identity, device=device, fp16=fp16, work_uri=work_uri, cache_uri=cache_uri, config=config),
+        )
 
-        unique = _unique_texts(items)
-        use_cache = bool(cache_uri) and config.cache
-        cache_dir = storage.join(cache_uri, cache_model_key(identity, fp16=fp16)) if use_cache else None
-        cached = _load_cache(cache_dir, unique["text_hash"]) if cache_dir else None
-        if cached is not None:
-            misses = unique.filter(pc.invert(pc.is_in(unique["text_hash"], value_set=cached["text_hash"])))
-        else:
-            misses = unique
-        n_hits = unique.num_rows - misses.num_rows
 
-        embed_seconds = 0.0
-        num_actors = 0
-        parts = [cached] if cached is not None else []
-        if misses.num_rows:
-            t0 = time.perf_counter()
-            new, num_actors = _embed_with_ray(
-                misses, model_path=resolve_model_path(config.model), device=device, fp16=fp16, config=config
-            )
-            embed_seconds = time.perf_counter() - t0
-            if cache_dir:
-                _write_cache_part(cache_dir, new)
-            parts.append(new)
+def _embed_items(items: pa.Table, *, identity: dict[str, str], device: str, fp16: bool, work_uri: str, cache_uri: str | None, config: EmbedConfig) -> EmbedResult:
+    unique = _unique_texts(items)
+    use_cache = bool(cache_uri) and config.cache
+    cache_dir = storage.join(cache_uri, cache_model_key(identity, fp16=fp16)) if use_cache else None
+    cached = _load_cache(cache_dir, unique["text_hash"]) if cache_dir else None
+    if cached is not None:
+        misses = unique.filter(pc.invert(pc.is_in(unique["text_hash"], value_set=cached["text_hash"])))
+    else:
+        misses = unique
+    n_hits = unique.num_rows - misses.num_rows
+
+    embed_seconds = 0.0
+    num_actors = 0
+    parts = [cached] if cached is not None else []
+    if misses.num_rows:
+        t0 = time.perf_counter()
+        new, num_actors = _embed_with_ray(
+            misses, model_path=resolve_model_path(config.model), device=device, fp16=fp16, config=config
+        )
+        embed_seconds = time.perf_counter() - t0
+        if cache_dir:
+            _write_cache_part(cache_dir, new)
+        parts.append(new)
 
     vectors = pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else parts[0].combine_chunks()
     dim = vectors.schema.field("vector").type.list_size
@@ -371,27 +363,20 @@ def embed(*, items_uri: str, work_uri: str, cache_uri: str | None, config: Embed
 
     out_dir = stage_dir(work_uri, STAGE)
     part_uris = _write_parts(out_dir, out)
-    manifest = StageManifest(
-        stage=STAGE,
-        input_hash=ih,
-        outputs={"embeddings": out_dir, **({"cache": cache_dir} if cache_dir else {})},
-        counts={
-            "items": items.num_rows,
-            "unique_texts": unique.num_rows,
-            "embedded": misses.num_rows,
-            "cache_hits": n_hits,
-        },
-        info={
-            "dim": dim,
-            "model": config.model,
-            "model_identity": identity,
-            "device": device,
-            "fp16": fp16,
-            "num_actors": num_actors,
-            "parts": len(part_uris),
-            "embed_seconds": round(embed_seconds, 3),
-            "items_per_s": round(misses.num_rows / embed_seconds, 1) if embed_seconds > 0 else 0.0,
-        },
-        seconds=watch.seconds,
+    return EmbedResult(
+        embeddings=out_dir,
+        cache=cache_dir,
+        items=items.num_rows,
+        unique_texts=unique.num_rows,
+        embedded=misses.num_rows,
+        cache_hits=n_hits,
+        dim=dim,
+        model=config.model,
+        model_identity=identity,
+        device=device,
+        fp16=fp16,
+        num_actors=num_actors,
+        parts=len(part_uris),
+        embed_seconds=round(embed_seconds, 3),
+        items_per_s=round(misses.num_rows / embed_seconds, 1) if embed_seconds > 0 else 0.0,
     )
-    return record_completed(work_uri, manifest)

@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 from tasks import storage
-from tasks.manifest import StageManifest, Stopwatch
+from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, Stopwatch
 from tasks.report import render_quality_html
 
 SUCCESS = "_SUCCESS"
@@ -34,8 +34,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def reconcile(*, ingest: StageManifest, assign: StageManifest) -> dict[str, int]:
-    counts = {"input": ingest.counts["input"], "ided": assign.counts["ided"], "quarantined": ingest.counts["quarantined"]}
+def reconcile(*, input: int, ided: int, quarantined: int) -> dict[str, int]:
+    counts = {"input": input, "ided": ided, "quarantined": quarantined}
     if counts["input"] != counts["ided"] + counts["quarantined"]:
         raise ReconcileError(f"counts do not reconcile: input {counts['input']} != ided {counts['ided']} + quarantined {counts['quarantined']}")
     return counts
@@ -63,38 +63,38 @@ def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
     return None
 
 
-def export(*, prefix: str, stages: dict[str, StageManifest], run: dict[str, Any]) -> dict[str, Any]:
+def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitResult, assign: AssignResult, run: dict[str, Any]) -> dict[str, Any]:
     """Write the run's output layout and return its manifest (as written to ``manifest.json``)."""
     clock = Stopwatch()
-    ingest, fit, assign = stages["ingest"], stages["fit"], stages["assign"]
-    counts = reconcile(ingest=ingest, assign=assign)
+    stages = {"ingest": ingest, "embed": embed, "fit": fit, "assign": assign}
+    counts = reconcile(input=ingest.input, ided=assign.ided, quarantined=ingest.quarantined)
     storage.remove(prefix)  # a half-written earlier attempt; never a published one (checked by the caller)
     files: dict[str, list[str]] = {}
-    files["semantic_ids"] = [f"semantic_ids/{p}" for p in storage.copy_tree(assign.outputs["semantic_ids"], storage.join(prefix, "semantic_ids"))]
-    for name in ("changes", "retired"):
-        if name in assign.outputs:
-            files[name] = [f"{name}/{p}" for p in storage.copy_tree(assign.outputs[name], storage.join(prefix, name))]
-    storage.write_bytes(storage.join(prefix, "quarantine", "part-00000.parquet"), storage.read_bytes(ingest.outputs["quarantine"]))
-    storage.write_bytes(storage.join(prefix, "items", "part-00000.parquet"), storage.read_bytes(ingest.outputs["items"]))
-    files["model"] = [f"model/{p}" for p in storage.copy_tree(fit.outputs["model"], storage.join(prefix, "model"))]
+    files["semantic_ids"] = [f"semantic_ids/{p}" for p in storage.copy_tree(assign.semantic_ids, storage.join(prefix, "semantic_ids"))]
+    for name, uri in (("changes", assign.changes), ("retired", assign.retired)):
+        if uri is not None:
+            files[name] = [f"{name}/{p}" for p in storage.copy_tree(uri, storage.join(prefix, name))]
+    storage.write_bytes(storage.join(prefix, "quarantine", "part-00000.parquet"), storage.read_bytes(ingest.quarantine))
+    storage.write_bytes(storage.join(prefix, "items", "part-00000.parquet"), storage.read_bytes(ingest.items))
+    files["model"] = [f"model/{p}" for p in storage.copy_tree(fit.model, storage.join(prefix, "model"))]
 
-    quality = storage.read_json(assign.outputs["quality"])
+    quality = storage.read_json(assign.quality)
     quality["run"] = {"catalog": run["name"], "run_id": run["run_id"]}
     quality["counts"] = counts
-    if "history" in fit.outputs:
-        history = storage.read_json(fit.outputs["history"])
-        quality["fit"] = {"epochs_run": len(history), "history": history, "stopped_early": fit.info.get("stopped_early", False)}
-    elif "reused_from" in fit.info:
-        quality["fit"] = {"reused_from": fit.info["reused_from"]}
+    if fit.history is not None:
+        history = storage.read_json(fit.history)
+        quality["fit"] = {"epochs_run": len(history), "history": history, "stopped_early": fit.stopped_early}
+    elif fit.reused_from is not None:
+        quality["fit"] = {"reused_from": fit.reused_from}
     storage.write_json(storage.join(prefix, "quality.json"), quality)
     storage.write_bytes(storage.join(prefix, "quality.html"), render_quality_html(quality).encode())
 
     manifest = {
         "catalog": run["name"],
         "run_id": run["run_id"],
-        "input": {"uri": run["catalog"], "sha256": ingest.info.get("catalog_sha256")},
+        "input": {"uri": run["catalog"], "sha256": ingest.catalog_sha256},
         "counts": counts,
-        "quarantine_reasons": ingest.info.get("quarantine_reasons", {}),
+        "quarantine_reasons": ingest.quarantine_reasons,
         "params": run["config"],
         "prior_run": run.get("prior_run"),
         "retrain": run.get("retrain", False),
@@ -103,7 +103,7 @@ def export(*, prefix: str, stages: dict[str, StageManifest], run: dict[str, Any]
         "resumed_stages": sorted(name for name, m in stages.items() if m.resumed),
         "stages": {name: m.model_dump(exclude={"resumed"}) for name, m in stages.items()},
         "files": files,
-        "ids_hash": assign.info.get("ids_hash"),
+        "ids_hash": assign.ids_hash,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     manifest["timings"]["export"] = clock.seconds

@@ -27,7 +27,7 @@ from rqvae_core import RQVAE, RQVAEConfig, fit, load_checkpoint, save_checkpoint
 from rqvae_core.train import EpochMetrics
 from tasks import storage
 from tasks.config import PipelineConfig
-from tasks.manifest import StageManifest, Stopwatch, hash_of, load_completed, record_completed, stage_dir
+from tasks.manifest import FitResult, hash_of, run_stage, stage_dir
 
 MODEL_DIR = "model"
 HISTORY = "history.json"
@@ -135,13 +135,16 @@ def check_health(history: list[dict[str, Any]], *, codebook_size: int, n_items: 
         )
 
 
-def fit_model(*, embeddings_uri: str, embeddings_hash: str, n_items: int, dim: int, work_uri: str, config: PipelineConfig) -> StageManifest:
+def fit_model(*, embeddings_uri: str, embeddings_hash: str, n_items: int, dim: int, work_uri: str, config: PipelineConfig) -> FitResult:
     core = config.model.to_core(input_dim=dim, seed=config.seed)
     input_hash = hash_of("fit", embeddings_hash, core.to_dict(), config.fit.model_dump())
-    done = load_completed(work_uri, "fit", input_hash)
-    if done:
-        return done
-    clock = Stopwatch()
+    return run_stage(
+        work_uri=work_uri, result_type=FitResult, input_hash=input_hash,
+        build=lambda: _fit(embeddings_uri=embeddings_uri, n_items=n_items, core=core, work_uri=work_uri, config=config),
+    )
+
+
+def _fit(*, embeddings_uri: str, n_items: int, core: RQVAEConfig, work_uri: str, config: PipelineConfig) -> FitResult:
     out_dir = stage_dir(work_uri, "fit")
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if config.fit.use_gpu == "auto" else bool(config.fit.use_gpu)
     workers = config.fit.num_workers
@@ -179,25 +182,21 @@ def fit_model(*, embeddings_uri: str, embeddings_hash: str, n_items: int, dim: i
             for name in ("model.safetensors", "config.json"):
                 storage.write_bytes(storage.join(model_uri, name), Path(ckpt, name).read_bytes())
     storage.write_json(storage.join(out_dir, "history.json"), history)
-    manifest = StageManifest(
-        stage="fit",
-        input_hash=input_hash,
-        outputs={"model": model_uri, "history": storage.join(out_dir, "history.json")},
-        counts={"items": n_items, "epochs_run": len(history)},
-        info={
-            "final": history[-1],
-            "use_gpu": use_gpu,
-            "num_workers": workers,
-            "batch_size": batch_size,
-            "stopped_early": len(history) < config.fit.epochs,
-            "model_hash": hashlib.sha256(storage.read_bytes(storage.join(model_uri, "model.safetensors"))).hexdigest(),
-        },
-        seconds=clock.seconds,
+    return FitResult(
+        model=model_uri,
+        model_hash=hashlib.sha256(storage.read_bytes(storage.join(model_uri, "model.safetensors"))).hexdigest(),
+        history=storage.join(out_dir, "history.json"),
+        items=n_items,
+        epochs_run=len(history),
+        final=history[-1],
+        use_gpu=use_gpu,
+        num_workers=workers,
+        batch_size=batch_size,
+        stopped_early=len(history) < config.fit.epochs,
     )
-    return record_completed(work_uri, manifest)
 
 
-def reuse_model(*, prior_model_uri: str, work_uri: str, dim: int) -> StageManifest:
+def reuse_model(*, prior_model_uri: str, work_uri: str, dim: int) -> FitResult:
     """Stable IDs: take a prior run's model frozen instead of refitting."""
     model_uri = storage.join(stage_dir(work_uri, "fit"), MODEL_DIR)
     weights = storage.read_bytes(storage.join(prior_model_uri, "model.safetensors"))
@@ -205,15 +204,13 @@ def reuse_model(*, prior_model_uri: str, work_uri: str, dim: int) -> StageManife
     if config["input_dim"] != dim:
         raise ValueError(f"prior model expects {config['input_dim']}-d embeddings but this run produced {dim}-d; retrain instead")
     input_hash = hash_of("reuse", prior_model_uri, hashlib.sha256(weights).hexdigest())
-    done = load_completed(work_uri, "fit", input_hash)
-    if done:
-        return done
-    storage.write_bytes(storage.join(model_uri, "model.safetensors"), weights)
-    storage.write_json(storage.join(model_uri, "config.json"), config)
-    return record_completed(
-        work_uri,
-        StageManifest(stage="fit", input_hash=input_hash, outputs={"model": model_uri}, info={"reused_from": prior_model_uri, "model_hash": input_hash}),
-    )
+
+    def build() -> FitResult:
+        storage.write_bytes(storage.join(model_uri, "model.safetensors"), weights)
+        storage.write_json(storage.join(model_uri, "config.json"), config)
+        return FitResult(model=model_uri, model_hash=input_hash, reused_from=prior_model_uri)
+
+    return run_stage(work_uri=work_uri, result_type=FitResult, input_hash=input_hash, build=build)
 
 
 def load_model(model_uri: str) -> RQVAE:

@@ -58,15 +58,7 @@ import pyarrow as pa
 
 from tasks import storage
 from tasks.config import IngestConfig
-from tasks.manifest import (
-    STAGE_RECORD,
-    StageManifest,
-    Stopwatch,
-    hash_of,
-    load_completed,
-    record_completed,
-    stage_dir,
-)
+from tasks.manifest import IngestResult, hash_of, run_stage, stage_dir
 
 STAGE = "ingest"
 DEFAULT_TEXT_COLUMNS = ("title", "brand", "categories", "description")
@@ -460,25 +452,23 @@ def _text_expr(columns: list[str], list_like: set[str], config: IngestConfig) ->
 # --------------------------------------------------------------------------- main
 
 
-def ingest(*, catalog_uri: str, work_uri: str, config: IngestConfig) -> StageManifest:
+def ingest(*, catalog_uri: str, work_uri: str, config: IngestConfig) -> IngestResult:
     """Validate and normalise ``catalog_uri``; write items + quarantine under ``<work_uri>/ingest``."""
-    watch = Stopwatch()
     fmt = detect_format(catalog_uri, config.format)
     facts = _hash_file(catalog_uri, fmt)
-    catalog_sha = facts.sha256
-    input_hash = hash_of(catalog_sha, config.model_dump())
-    done = load_completed(work_uri, STAGE, input_hash)
-    if done is not None:
-        return done
+    input_hash = hash_of(facts.sha256, config.model_dump())
 
-    try:
-        return _run(catalog_uri, work_uri, config, fmt, facts, input_hash, watch)
-    except IngestError:
-        raise
-    except _WriteFailed as exc:
-        raise exc.__cause__ from None
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_reader_message(exc)}") from exc
+    def build() -> IngestResult:
+        try:
+            return _run(catalog_uri, work_uri, config, fmt, facts)
+        except IngestError:
+            raise
+        except _WriteFailed as exc:
+            raise exc.__cause__ from None
+        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_reader_message(exc)}") from exc
+
+    return run_stage(work_uri=work_uri, result_type=IngestResult, input_hash=input_hash, build=build)
 
 
 def _run(
@@ -487,9 +477,7 @@ def _run(
     config: IngestConfig,
     fmt: str,
     facts: _FileFacts,
-    input_hash: str,
-    watch: Stopwatch,
-) -> StageManifest:
+) -> IngestResult:
     catalog_sha = facts.sha256
     raw, list_cols = _scan(catalog_uri, fmt)
     original = list(raw.collect_schema())
@@ -601,35 +589,27 @@ def _run(
         {**{out_names[c]: pa.string() for c in columns}, "reason": pa.string(), "row_number": pa.int64()},
     )
     try:
-        # A stale completion record must never vouch for half-rewritten outputs.
-        storage.remove(storage.join(out_dir, STAGE_RECORD))
         storage.write_parquet(items_table, items_uri)
         storage.write_parquet(quarantine_table, quarantine_uri)
     except Exception as exc:  # the output store failed, not the catalog: keep the original error type
         raise _WriteFailed() from exc
 
     reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows()) if n_quar else {}
-    manifest = StageManifest(
-        stage=STAGE,
-        input_hash=input_hash,
-        outputs={"items": items_uri, "quarantine": quarantine_uri},
-        counts={"input": n_input, "valid": n_valid, "quarantined": n_quar},
-        info={
-            "catalog_uri": catalog_uri,
-            "catalog_sha256": catalog_sha,
-            "columns": columns,
-            "id_column": id_col,
-            "text_columns": text_cols,
-            "format": fmt,
-            "quarantine_reasons": {r: int(reasons.get(r, 0)) for r in REASONS},
-            "text_hash": f"sha256[:{HASH_HEX_CHARS // 2} bytes] hex",
-        },
-        seconds=watch.seconds,
+    return IngestResult(
+        items=items_uri,
+        quarantine=quarantine_uri,
+        input=n_input,
+        valid=n_valid,
+        quarantined=n_quar,
+        catalog_uri=catalog_uri,
+        catalog_sha256=catalog_sha,
+        columns=columns,
+        id_column=id_col,
+        text_columns=text_cols,
+        format=fmt,
+        quarantine_reasons={r: int(reasons.get(r, 0)) for r in REASONS},
+        text_hash=f"sha256[:{HASH_HEX_CHARS // 2} bytes] hex",
     )
-    try:
-        return record_completed(work_uri, manifest)
-    except Exception as exc:
-        raise _WriteFailed() from exc
 
 
 def _to_arrow(df: pl.DataFrame, types: dict[str, pa.DataType]) -> pa.Table:

@@ -1,9 +1,13 @@
-"""Small manifests that tasks return, and the stage-completion records that make re-runs resume.
+"""Typed stage results, and the one runner that resumes, times and records every stage.
 
 A stage writes its outputs under ``<work>/<stage>/`` and then, last,
-``<work>/<stage>/_stage.json``. A re-run of the same run id with the same
-input hash finds that record and skips the stage; anything without the record
-is treated as absent and rebuilt.
+``<work>/<stage>/_stage.json`` (the stage's result, as JSON). A re-run of the
+same run id whose input hash matches finds that record and skips the stage;
+anything without the record is treated as absent and rebuilt. ``run_stage`` is
+the only place that implements this, so every stage resumes the same way.
+
+Each stage returns its own result type (fields, not ``dict`` entries read by key
+in other modules): what it produced (URIs), counts and hashes, never the data.
 """
 
 from __future__ import annotations
@@ -11,26 +15,98 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from typing import Any, Callable, ClassVar, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict
 
 from tasks import storage
 
 STAGE_RECORD = "_stage.json"
 
 
-class StageManifest(BaseModel):
-    """What one stage produced: URIs, counts and hashes, never the data itself."""
+class StageResult(BaseModel):
+    """Fields every stage result has; ``run_stage`` fills them in."""
 
-    stage: str
-    input_hash: str
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stage: ClassVar[str]
+    input_hash: str = ""
     """Hash of everything the stage's output depends on (inputs' hashes + config)."""
-    outputs: dict[str, str] = Field(default_factory=dict)
-    counts: dict[str, int] = Field(default_factory=dict)
-    info: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
     resumed: bool = False
+
+    def summary(self) -> dict[str, int]:
+        """The integer fields (counts), for one log line per stage."""
+        return {k: v for k, v in self.model_dump().items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+class IngestResult(StageResult):
+    stage: ClassVar[str] = "ingest"
+    items: str
+    quarantine: str
+    input: int
+    valid: int
+    quarantined: int
+    catalog_uri: str
+    catalog_sha256: str
+    columns: list[str]
+    id_column: str
+    text_columns: list[str]
+    format: str
+    quarantine_reasons: dict[str, int]
+    text_hash: str
+    """How ``text_hash`` is computed (documentation carried into the manifest)."""
+
+
+class EmbedResult(StageResult):
+    stage: ClassVar[str] = "embed"
+    embeddings: str
+    cache: str | None = None
+    items: int
+    unique_texts: int
+    embedded: int
+    cache_hits: int
+    dim: int
+    model: str
+    model_identity: dict[str, str]
+    device: str
+    fp16: bool
+    num_actors: int
+    parts: int
+    embed_seconds: float
+    items_per_s: float
+
+
+class FitResult(StageResult):
+    stage: ClassVar[str] = "fit"
+    model: str
+    model_hash: str
+    history: str | None = None
+    """URI of the per-epoch history (absent when the model was reused)."""
+    reused_from: str | None = None
+    items: int = 0
+    epochs_run: int = 0
+    final: dict[str, Any] | None = None
+    use_gpu: bool = False
+    num_workers: int = 0
+    batch_size: int = 0
+    stopped_early: bool = False
+
+
+class AssignResult(StageResult):
+    stage: ClassVar[str] = "assign"
+    semantic_ids: str
+    quality: str
+    changes: str | None = None
+    retired: str | None = None
+    ided: int
+    removed: int | None = None
+    device: str
+    n_moved: int
+    unique_tuple_rate: float
+    ids_hash: str
+
+
+R = TypeVar("R", bound=StageResult)
 
 
 def hash_of(*parts: Any) -> str:
@@ -46,21 +122,39 @@ def stage_dir(work_uri: str, stage: str) -> str:
     return storage.join(work_uri, stage)
 
 
-def load_completed(work_uri: str, stage: str, input_hash: str) -> StageManifest | None:
-    """The stage's manifest if it finished before with the same input hash, else None."""
-    record = storage.join(stage_dir(work_uri, stage), STAGE_RECORD)
+def _record(work_uri: str, stage: str) -> str:
+    return storage.join(stage_dir(work_uri, stage), STAGE_RECORD)
+
+
+def completed(work_uri: str, result_type: type[R], input_hash: str) -> R | None:
+    """The stage's result if it finished before with the same input hash (and the same result schema), else None."""
+    record = _record(work_uri, result_type.stage)
     if not storage.exists(record):
         return None
-    manifest = StageManifest.model_validate(storage.read_json(record))
-    if manifest.input_hash != input_hash:
+    try:
+        result = result_type.model_validate(storage.read_json(record))
+    except ValueError:  # a record from another version of the result type: rebuild
         return None
-    return manifest.model_copy(update={"resumed": True})
+    if result.input_hash != input_hash:
+        return None
+    return result.model_copy(update={"resumed": True})
 
 
-def record_completed(work_uri: str, manifest: StageManifest) -> StageManifest:
-    """Write the completion record last, after every output of the stage exists."""
-    storage.write_json(storage.join(stage_dir(work_uri, manifest.stage), STAGE_RECORD), manifest.model_dump())
-    return manifest
+def run_stage(*, work_uri: str, result_type: type[R], input_hash: str, build: Callable[[], R]) -> R:
+    """Resume ``result_type.stage`` if complete, else build it, time it and record it last.
+
+    ``build`` writes the stage's outputs and returns its result; the stale record is
+    removed before it runs, so a half-rewritten stage never looks complete.
+    """
+    done = completed(work_uri, result_type, input_hash)
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    storage.remove(_record(work_uri, result_type.stage))
+    result = build()
+    result = result.model_copy(update={"input_hash": input_hash, "seconds": round(time.perf_counter() - start, 3), "resumed": False})
+    storage.write_json(_record(work_uri, result_type.stage), result.model_dump(exclude={"resumed"}))
+    return result
 
 
 class Stopwatch:

@@ -45,9 +45,9 @@ def assert_accounted(manifest) -> tuple[pl.DataFrame, pl.DataFrame]:
     """input == valid + quarantined; every quarantined row has a known reason; row numbers cover each record once."""
     from tasks.ingest import REASONS
 
-    items = pl.read_parquet(manifest.outputs["items"])
-    quarantine = pl.read_parquet(manifest.outputs["quarantine"])
-    counts = manifest.counts
+    items = pl.read_parquet(manifest.items)
+    quarantine = pl.read_parquet(manifest.quarantine)
+    counts = {"input": manifest.input, "valid": manifest.valid, "quarantined": manifest.quarantined}
     assert counts["input"] == counts["valid"] + counts["quarantined"], counts
     assert items.height == counts["valid"] and quarantine.height == counts["quarantined"]
     assert quarantine["reason"].null_count() == 0 and set(quarantine["reason"]) <= set(REASONS)
@@ -55,7 +55,7 @@ def assert_accounted(manifest) -> tuple[pl.DataFrame, pl.DataFrame]:
     assert quarantine["row_number"].is_between(0, counts["input"] - 1).all()
     assert items["item_id"].is_unique().all()
     assert (items["item_id"].str.strip_chars() != "").all() and (items["text"] != "").all()
-    assert sum(manifest.info["quarantine_reasons"].values()) == counts["quarantined"]
+    assert sum(manifest.quarantine_reasons.values()) == counts["quarantined"]
     return items, quarantine
 
 

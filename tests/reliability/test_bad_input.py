@@ -214,7 +214,7 @@ def test_mixed_type_json_ids_become_strings_and_equal_strings_collide(tmp_path):
         {"item_id": "0001", "title": "zero padded"},
     ]
     m, items, quarantine = ok(tmp_path, "ids.jsonl", jsonl(*rows))
-    assert m.counts == {"input": 8, "valid": 5, "quarantined": 3}
+    assert (m.input, m.valid, m.quarantined) == (8, 5, 3)
     assert sorted(items["item_id"]) == ["0001", "1", "12345678901234567890", "a", "true"]
     # the survivor of the three "1" rows is the one with the smallest text hash, whatever the row order
     candidates = {0: "title: int one", 1: "title: string one", 2: "title: float one"}
@@ -245,10 +245,10 @@ def test_duplicate_ids_keep_one_survivor_independent_of_row_order(tmp_path):
     backward = run(write("b.csv", reversed(range(6))), tmp_path / "wb")
     for m in (forward, backward):
         items, quarantine = assert_accounted(m)
-        assert m.counts == {"input": 6, "valid": 3, "quarantined": 3}
+        assert (m.input, m.valid, m.quarantined) == (6, 3, 3)
         assert set(quarantine["reason"]) == {"duplicate_id"}
         assert sorted(quarantine["item_id"].str.strip_chars()) == ["7", "7", "7"]
-    assert pl.read_parquet(forward.outputs["items"]).equals(pl.read_parquet(backward.outputs["items"]))
+    assert pl.read_parquet(forward.items).equals(pl.read_parquet(backward.items))
 
 
 def test_null_blank_and_whitespace_ids_and_texts_are_quarantined(tmp_path):
@@ -291,7 +291,7 @@ def test_one_megabyte_text_is_truncated_not_lost(tmp_path, fmt):
     text = texts(items)["big"]
     assert len(text) == 500 and text.startswith("title: lorem ipsum")
     assert items.filter(pl.col("item_id") == "big")["text_hash"][0] == hashlib.sha256(text.encode()).hexdigest()[:32]
-    assert m.counts == {"input": 2, "valid": 2, "quarantined": 0}
+    assert (m.input, m.valid, m.quarantined) == (2, 2, 0)
 
 
 def test_control_characters_are_removed_and_the_row_kept(tmp_path):

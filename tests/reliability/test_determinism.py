@@ -51,8 +51,8 @@ def test_model_and_quality_are_identical(runs, other):
     assert (ref / "model" / "config.json").read_bytes() == (got / "model" / "config.json").read_bytes()
     assert h.read_json(ref / "quality.json", drop=("run",)) == h.read_json(got / "quality.json", drop=("run",))
     qa, qb = (h.manifest(p)["stages"] for p in (ref, got))
-    assert qa["fit"]["info"]["final"] == qb["fit"]["info"]["final"]
-    # not fit.info.model_hash: it is sha256 of the safetensors file, header metadata order included
+    assert qa["fit"]["final"] == qb["fit"]["final"]
+    # not fit.model_hash: it is sha256 of the safetensors file, header metadata order included
     assert qa["embed"]["input_hash"] == qb["embed"]["input_hash"]
 
 

@@ -115,14 +115,14 @@ def assign_ids(items: pl.DataFrame, *, k: int, n_levels: int) -> dict[str, tuple
 def check_ingest(rows: list[tuple], fmt: str, directory: Path) -> tuple[pl.DataFrame, Counter]:
     catalog = write_catalog(directory, rows, fmt)
     m = ingest(catalog_uri=str(catalog), work_uri=str(directory / "work"), config=IngestConfig())
-    items = pl.read_parquet(m.outputs["items"])
-    quarantine = pl.read_parquet(m.outputs["quarantine"])
+    items = pl.read_parquet(m.items)
+    quarantine = pl.read_parquet(m.quarantine)
     n = len(rows)
 
     # nothing lost: every record counted, input = valid + quarantined
-    assert m.counts["input"] == n, (m.counts, n)
-    assert m.counts["input"] == m.counts["valid"] + m.counts["quarantined"]
-    assert items.height == m.counts["valid"] and quarantine.height == m.counts["quarantined"]
+    assert m.input == n, (m.input, m.valid, m.quarantined, n)
+    assert m.input == m.valid + m.quarantined
+    assert items.height == m.valid and quarantine.height == m.quarantined
 
     # every row is in items or in quarantine, exactly once
     q_rows = quarantine["row_number"].to_list()
@@ -144,7 +144,7 @@ def check_ingest(rows: list[tuple], fmt: str, directory: Path) -> tuple[pl.DataF
         if reason == "duplicate_id":
             assert stripped[r] in item_ids, "a duplicate's survivor is an item"
     assert Counter(quarantine["reason"].to_list()) == Counter(
-        {r: c for r, c in m.info["quarantine_reasons"].items() if c}
+        {r: c for r, c in m.quarantine_reasons.items() if c}
     )
     quarantined = Counter(zip((stripped[r] or "" for r in q_rows), quarantine["reason"].to_list()))
     return items, quarantined

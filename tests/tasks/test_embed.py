@@ -80,7 +80,7 @@ def _write_items(path: Path, texts: list[str]) -> str:
 
 
 def _read_out(manifest) -> pa.Table:
-    files = sorted(Path(manifest.outputs["embeddings"]).glob("part-*.parquet"))
+    files = sorted(Path(manifest.embeddings).glob("part-*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
@@ -136,12 +136,12 @@ def test_schema_order_and_counts(first_run):
     ids = out["item_id"].to_pylist()
     assert ids == sorted(ids) and len(set(ids)) == n
     assert first_run.stage == "embed" and not first_run.resumed
-    assert first_run.info["dim"] == 384 and first_run.info["device"] == "cpu" and first_run.info["fp16"] is False
-    assert first_run.counts["items"] == n
+    assert first_run.dim == 384 and first_run.device == "cpu" and first_run.fp16 is False
+    assert first_run.items == n
     # duplicates embedded once
-    assert first_run.counts["unique_texts"] == len(TEXTS)
-    assert first_run.counts["embedded"] == len(TEXTS)
-    assert first_run.counts["cache_hits"] == 0
+    assert first_run.unique_texts == len(TEXTS)
+    assert first_run.embedded == len(TEXTS)
+    assert first_run.cache_hits == 0
     vectors = np.stack(out["vector"].to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     dup_rows = [i for i, h in enumerate(out["text_hash"].to_pylist()) if h == _hash(DUPLICATE)]
@@ -168,7 +168,7 @@ def test_resume_same_inputs(first_run, base_dir, items_uri):
     again = embed(items_uri=items_uri, work_uri=str(base_dir / "run1"), cache_uri=str(base_dir / "cache"), config=CPU)
     assert again.resumed is True
     assert again.input_hash == first_run.input_hash
-    assert again.counts == first_run.counts
+    assert again.summary() == first_run.summary()
 
 
 def test_cache_across_runs(first_run, base_dir, items_uri, monkeypatch):
@@ -178,8 +178,8 @@ def test_cache_across_runs(first_run, base_dir, items_uri, monkeypatch):
     monkeypatch.setattr(embed_mod, "PART_ROWS", 16)
     second = embed(items_uri=items_uri, work_uri=str(base_dir / "run2"), cache_uri=cache, config=CPU)
     assert not second.resumed
-    assert second.counts["embedded"] == 0 and second.counts["cache_hits"] == len(TEXTS)
-    files = sorted(Path(second.outputs["embeddings"]).glob("part-*.parquet"))
+    assert second.embedded == 0 and second.cache_hits == len(TEXTS)
+    files = sorted(Path(second.embeddings).glob("part-*.parquet"))
     assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     out2 = _read_out(second)
     ids = out2["item_id"].to_pylist()
@@ -193,15 +193,15 @@ def test_cache_across_runs(first_run, base_dir, items_uri, monkeypatch):
     changed[3] = "Vitamin C brightening serum 50ml, new formula"
     uri = _write_items(base_dir / "items_changed.parquet", changed)
     third = embed(items_uri=uri, work_uri=str(base_dir / "run3"), cache_uri=cache, config=CPU)
-    assert third.counts["embedded"] == 1
-    assert third.counts["cache_hits"] == len(TEXTS) - 1
+    assert third.embedded == 1
+    assert third.cache_hits == len(TEXTS) - 1
     assert third.input_hash != first_run.input_hash
     out3 = _read_out(third)
     assert _hash(changed[3]) in set(out3["text_hash"].to_pylist())
 
     # And now the changed text is cached too.
     fourth = embed(items_uri=uri, work_uri=str(base_dir / "run4"), cache_uri=cache, config=CPU)
-    assert fourth.counts["embedded"] == 0
+    assert fourth.embedded == 0
     cache_parts = list((base_dir / "cache").rglob("*.parquet"))
     assert len(cache_parts) == 2
     assert not list((base_dir / "cache").rglob("*.tmp"))
@@ -216,8 +216,8 @@ def test_cache_disabled_embeds_everything(ray_cluster, base_dir):
         cache_uri=str(base_dir / "cache"),
         config=CPU.model_copy(update={"cache": False}),
     )
-    assert m.counts["embedded"] == 5 and m.counts["cache_hits"] == 0
-    assert "cache" not in m.outputs
+    assert m.embedded == 5 and m.cache_hits == 0
+    assert m.cache is None
 
 
 def test_rejects_duplicate_ids(base_dir):

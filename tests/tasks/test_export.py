@@ -3,14 +3,12 @@
 import pytest
 
 from tasks.export import ReconcileError, latest_published, reconcile
-from tasks.manifest import StageManifest
 
 
 def test_reconcile_refuses_lost_rows():
-    ingest = StageManifest(stage="ingest", input_hash="a", counts={"input": 10, "valid": 8, "quarantined": 2})
-    assert reconcile(ingest=ingest, assign=StageManifest(stage="assign", input_hash="b", counts={"ided": 8})) == {"input": 10, "ided": 8, "quarantined": 2}
+    assert reconcile(input=10, ided=8, quarantined=2) == {"input": 10, "ided": 8, "quarantined": 2}
     with pytest.raises(ReconcileError, match="input 10 != ided 7 \\+ quarantined 2"):
-        reconcile(ingest=ingest, assign=StageManifest(stage="assign", input_hash="b", counts={"ided": 7}))
+        reconcile(input=10, ided=7, quarantined=2)
 
 
 def test_latest_published_skips_unfinished_work_and_the_current_run(tmp_path):

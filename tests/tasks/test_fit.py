@@ -42,14 +42,14 @@ def test_fit_on_a_local_ray_cluster_checkpoints_and_resumes(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         manifest = _fit(tmp_path)
-        assert manifest.counts["epochs_run"] == 3 and not manifest.resumed
-        model = load_checkpoint(manifest.outputs["model"])
+        assert manifest.epochs_run == 3 and not manifest.resumed
+        model = load_checkpoint(manifest.model)
         assert model.config.input_dim == DIM and model.config.codebook_size == 16
-        history = storage.read_json(manifest.outputs["history"])
+        history = storage.read_json(manifest.history)
         assert [h["epoch"] for h in history] == [0, 1, 2]
         assert min(history[-1]["code_usage"]) > 0.5
         again = _fit(tmp_path)
-        assert again.resumed and again.info["model_hash"] == manifest.info["model_hash"]
+        assert again.resumed and again.model_hash == manifest.model_hash
     finally:
         ray.shutdown()
 
@@ -63,10 +63,10 @@ def test_fit_with_two_ddp_workers_on_two_nodes(tmp_path):
     try:
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         manifest = _fit(tmp_path, num_workers=2, batch_size=32)
-        assert manifest.info["num_workers"] == 2
-        history = storage.read_json(manifest.outputs["history"])
+        assert manifest.num_workers == 2
+        history = storage.read_json(manifest.history)
         assert len(history) == 3 and all(np.isfinite(h["recon"]) for h in history)
-        load_checkpoint(manifest.outputs["model"])
+        load_checkpoint(manifest.model)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -75,11 +75,11 @@ def run(catalog: Path | str, work: Path | str, **cfg):
 
 
 def items_of(m) -> pl.DataFrame:
-    return pl.read_parquet(m.outputs["items"])
+    return pl.read_parquet(m.items)
 
 
 def quarantine_of(m) -> pl.DataFrame:
-    return pl.read_parquet(m.outputs["quarantine"])
+    return pl.read_parquet(m.quarantine)
 
 
 def short_sha(text: str) -> str:
@@ -93,19 +93,16 @@ def short_sha(text: str) -> str:
 def test_each_format_gives_the_same_items(tmp_path: Path, fmt: str) -> None:
     src = WRITERS[fmt](tmp_path, ROWS)
     m = run(src, tmp_path / "work")
-    assert m.stage == "ingest" and m.info["format"] == fmt
-    assert m.counts == {"input": 4, "valid": 4, "quarantined": 0}
+    assert m.stage == "ingest" and m.format == fmt
+    assert (m.input, m.valid, m.quarantined) == (4, 4, 0)
     items = items_of(m)
     assert items.schema == pl.Schema({"item_id": pl.String, "text": pl.String, "text_hash": pl.String})
     assert items["item_id"].to_list() == sorted(EXPECTED_TEXT)  # sorted by item_id, "0001" kept as a string
     assert dict(zip(items["item_id"], items["text"])) == EXPECTED_TEXT
     assert items["text_hash"].to_list() == [short_sha(t) for t in items["text"]]
-    assert m.info["text_columns"] == ["title", "brand", "categories"]
-    assert m.outputs == {
-        "items": str(tmp_path / "work" / "ingest" / "items.parquet"),
-        "quarantine": str(tmp_path / "work" / "ingest" / "quarantine.parquet"),
-    }
-    assert pq.read_schema(m.outputs["items"]).field("item_id").type == pa.string()
+    assert m.text_columns == ["title", "brand", "categories"]
+    assert (m.items, m.quarantine) == (str(tmp_path / "work" / "ingest" / "items.parquet"), str(tmp_path / "work" / "ingest" / "quarantine.parquet"))
+    assert pq.read_schema(m.items).field("item_id").type == pa.string()
 
 
 def test_tsv_is_quote_aware_with_recbole_headers(tmp_path: Path) -> None:
@@ -117,9 +114,9 @@ def test_tsv_is_quote_aware_with_recbole_headers(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     m = run(src, tmp_path / "w")
-    assert m.info["format"] == "tsv"
-    assert m.info["columns"] == ["item_id", "title", "price", "categories", "brand"]
-    assert m.counts["input"] == 2
+    assert m.format == "tsv"
+    assert m.columns == ["item_id", "title", "price", "categories", "brand"]
+    assert m.input == 2
     texts = dict(zip(*items_of(m).select("item_id", "text").to_dict(as_series=False).values()))
     assert texts == {
         "A1": "title: Multi line title | brand: Prada | categories: Beauty, Fragrance, Women's, Eau de Parfum",
@@ -135,7 +132,7 @@ def test_format_detection_and_override(tmp_path: Path) -> None:
         detect_format("catalog.xlsx")
     src = write_csv(tmp_path / "catalog.txt", ROWS)
     m = run(src, tmp_path / "w", format="csv")
-    assert m.counts["valid"] == 4
+    assert m.valid == 4
 
 
 def test_json_nested_values_and_mixed_type_ids(tmp_path: Path) -> None:
@@ -153,7 +150,7 @@ def test_json_nested_values_and_mixed_type_ids(tmp_path: Path) -> None:
         assert '"color"' in text["1"] and "red" in text["1"]
         assert text["0002"] == "title: Two | categories: Books"
         assert text["3.5"] == "title: Three"
-        assert m.info["columns"] == ["item_id", "title", "categories", "meta", "rating"]
+        assert m.columns == ["item_id", "title", "categories", "meta", "rating"]
 
 
 def test_parquet_non_string_columns_become_strings(tmp_path: Path) -> None:
@@ -226,9 +223,9 @@ BAD_ROWS = [
 def test_quarantine_reasons_and_invariant(tmp_path: Path) -> None:
     m = run(write_csv(tmp_path / "c.csv", BAD_ROWS), tmp_path / "w")
     # 8 rows: 2 empty ids, 1 empty text, 2 duplicates (one A, one C) -> valid ids A, C, D.
-    assert m.counts == {"input": 8, "valid": 3, "quarantined": 5}
-    assert m.counts["input"] == m.counts["valid"] + m.counts["quarantined"]
-    assert m.info["quarantine_reasons"] == {"empty_id": 2, "empty_text": 1, "duplicate_id": 2}
+    assert (m.input, m.valid, m.quarantined) == (8, 3, 5)
+    assert m.input == m.valid + m.quarantined
+    assert m.quarantine_reasons == {"empty_id": 2, "empty_text": 1, "duplicate_id": 2}
     items = items_of(m)
     assert items["item_id"].to_list() == ["A", "C", "D"]
     assert items.filter(pl.col("item_id") == "D")["text"][0] == "title: Delta & co"
@@ -257,7 +254,7 @@ def test_survivor_is_independent_of_row_order(tmp_path: Path) -> None:
         random.Random(k).shuffle(shuffled)
         m = run(write_csv(tmp_path / f"c{k}.csv", shuffled), tmp_path / f"w{k}")
         items = items_of(m)
-        assert m.counts == {"input": 43, "valid": 8, "quarantined": 35}
+        assert (m.input, m.valid, m.quarantined) == (43, 8, 35)
         if reference is None:
             reference = items
         assert items.equals(reference)
@@ -283,7 +280,7 @@ def test_missing_id_column_lists_the_columns(tmp_path: Path) -> None:
     assert "'item_id'" in msg and "sku, title, brand" in msg and "\n" not in msg
     _assert_nothing_written(tmp_path / "w")
     m = run(src, tmp_path / "w2", id_column="sku")
-    assert m.info["id_column"] == "sku" and items_of(m)["item_id"].to_list() == ["1"]
+    assert m.id_column == "sku" and items_of(m)["item_id"].to_list() == ["1"]
 
 
 @pytest.mark.parametrize(
@@ -323,7 +320,7 @@ def test_resume_returns_the_manifest_without_rewriting(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "c.csv", BAD_ROWS)
     first = run(src, tmp_path / "w")
     assert first.resumed is False
-    items_path = Path(first.outputs["items"])
+    items_path = Path(first.items)
     os.utime(items_path, (1_000_000, 1_000_000))
     second = run(src, tmp_path / "w")
     assert second.resumed is True
@@ -335,7 +332,7 @@ def test_resume_returns_the_manifest_without_rewriting(tmp_path: Path) -> None:
     assert items_path.stat().st_mtime != 1_000_000
     src.write_text(src.read_text() + "E,Epsilon,X\n")
     fourth = run(src, tmp_path / "w", max_text_chars=64)
-    assert fourth.resumed is False and fourth.counts["input"] == 9
+    assert fourth.resumed is False and fourth.input == 9
 
 
 # --------------------------------------------------------------------------- S3
@@ -345,11 +342,11 @@ def test_s3_catalog_and_s3_outputs(moto_s3: str, tmp_path: Path) -> None:  # noq
     local = write_csv(tmp_path / "c.csv", BAD_ROWS)
     storage.write_bytes("s3://test-bucket/catalogs/c.csv", local.read_bytes())
     m = run("s3://test-bucket/catalogs/c.csv", "s3://test-bucket/work/run1")
-    assert m.outputs["items"] == "s3://test-bucket/work/run1/ingest/items.parquet"
-    assert m.counts == {"input": 8, "valid": 3, "quarantined": 5}
-    items = pl.from_arrow(storage.read_parquet(m.outputs["items"]))
+    assert m.items == "s3://test-bucket/work/run1/ingest/items.parquet"
+    assert (m.input, m.valid, m.quarantined) == (8, 3, 5)
+    items = pl.from_arrow(storage.read_parquet(m.items))
     assert items["item_id"].to_list() == ["A", "C", "D"]
-    assert storage.read_parquet(m.outputs["quarantine"]).num_rows == 5
+    assert storage.read_parquet(m.quarantine).num_rows == 5
     assert storage.exists("s3://test-bucket/work/run1/ingest/_stage.json")
     local_m = run(local, tmp_path / "w")
     assert items.equals(items_of(local_m))
@@ -368,11 +365,11 @@ def test_s3_catalog_and_s3_outputs(moto_s3: str, tmp_path: Path) -> None:  # noq
 def test_amazon_beauty(tmp_path: Path) -> None:
     m = run(BEAUTY, tmp_path / "w")
     # PROVENANCE.md: 12101 records (quote-aware), ids unique, every record has categories.
-    assert m.counts == {"input": 12101, "valid": 12101, "quarantined": 0}
-    assert m.info["quarantine_reasons"] == {"empty_id": 0, "empty_text": 0, "duplicate_id": 0}
-    assert m.info["format"] == "tsv"
-    assert m.info["columns"] == ["item_id", "title", "sales_type", "sales_rank", "categories", "price", "brand"]
-    assert m.info["catalog_sha256"] == "e56c8cbc404b0d82bc30ce9f063e06c0e93615c859c9ca9a522c669d79b74478"
+    assert (m.input, m.valid, m.quarantined) == (12101, 12101, 0)
+    assert m.quarantine_reasons == {"empty_id": 0, "empty_text": 0, "duplicate_id": 0}
+    assert m.format == "tsv"
+    assert m.columns == ["item_id", "title", "sales_type", "sales_rank", "categories", "price", "brand"]
+    assert m.catalog_sha256 == "e56c8cbc404b0d82bc30ce9f063e06c0e93615c859c9ca9a522c669d79b74478"
     items = items_of(m)
     assert items["item_id"].n_unique() == 12101
     text = dict(zip(items["item_id"], items["text"]))
@@ -387,7 +384,7 @@ def test_amazon_beauty(tmp_path: Path) -> None:
 
     # Title-only text: exactly the 7 empty titles listed in PROVENANCE.md are quarantined.
     t = run(BEAUTY, tmp_path / "w-title", text_columns=["title"])
-    assert t.counts == {"input": 12101, "valid": 12094, "quarantined": 7}
+    assert (t.input, t.valid, t.quarantined) == (12101, 12094, 7)
     q = quarantine_of(t)
     assert set(q["reason"]) == {"empty_text"}
     assert q["item_id"].to_list() == [
@@ -400,7 +397,7 @@ def test_no_text_column_and_ragged_rows(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "c.csv", [{"item_id": "1", "name": "x"}])
     with pytest.raises(IngestError, match=r"default text columns.*available columns: item_id, name"):
         run(src, tmp_path / "w")
-    assert run(src, tmp_path / "w2", text_columns=["name"]).counts["valid"] == 1
+    assert run(src, tmp_path / "w2", text_columns=["name"]).valid == 1
     ragged = tmp_path / "r.csv"
     ragged.write_text("item_id,title\n1,a\n2,b,extra,fields\n")
     with pytest.raises(IngestError, match="cannot parse"):

@@ -61,7 +61,7 @@ def test_ingests_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "cat.csv"
     write_sample_catalog(out_path=str(path), n=300, seed=1)
     m = ingest(catalog_uri=str(path), work_uri=str(tmp_path / "w"), config=IngestConfig())
-    assert m.counts == {"input": 300, "valid": 300, "quarantined": 0}
-    assert m.info["text_columns"] == ["title", "brand", "categories", "description"]
-    text = pl.read_parquet(m.outputs["items"])["text"]
+    assert (m.input, m.valid, m.quarantined) == (300, 300, 0)
+    assert m.text_columns == ["title", "brand", "categories", "description"]
+    text = pl.read_parquet(m.items)["text"]
     assert text.str.starts_with("title: ").all() and text.str.contains(r"\| categories: \w").all()
