@@ -85,6 +85,11 @@ class FitConfig(_Strict):
     early_stop_min_delta: float = Field(1e-3, ge=0)
     min_code_usage: float = Field(0.05, ge=0, le=1)
     """Fail the run when any level uses fewer than this share of its codes (collapse)."""
+    max_items: int = Field(1_000_000, ge=1)
+    """Fit on a deterministic text-hash sample of about this many items when the catalog is larger."""
+    single_task_max_items: int = Field(300_000, ge=0)
+    """With one worker and at most this many fitting items, fit in one Ray task instead of Ray Train
+    (same loop and outputs; skips the trainer's start-up, which dominates small fits)."""
 
 
 class AssignConfig(_Strict):

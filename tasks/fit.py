@@ -1,8 +1,16 @@
-"""Fit the RQ-VAE with Ray Train: ``TorchTrainer`` workers drive ``rqvae_core.fit`` on their shard.
+"""Fit the RQ-VAE on Ray: one Ray task for small fits, ``TorchTrainer`` workers (DDP) otherwise.
 
-The driver only wires Ray: the training maths live in rqvae_core and run the
-same in one process. Rank 0 saves the checkpoint (safetensors + JSON) through
-``ray.train.report``; the driver copies it to ``<work>/fit/model/``.
+The driver only wires Ray and reads back the model's small files: the training
+maths live in rqvae_core, and ``_train_loop`` is the same job either way. Workers
+read their shard of the embedding parts straight from the work prefix (local or
+S3) into memory once and iterate epochs from there. Rank 0 writes the model
+(safetensors + JSON) and the history to ``<work>/fit/``; under Ray Train the
+checkpoint also goes to Ray Train's ``storage_path``, ``<work>/fit/_train`` (S3
+through a pyarrow filesystem when the output is S3, as a multi-node cluster needs).
+
+Above ``fit.max_items`` the model is fitted on a deterministic sample of about that
+many items, chosen by a hash of the item text: an RQ-VAE learns codebooks, and a
+few hundred thousand items fix them as well as 100M; every item is still assigned.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import ray.train
@@ -37,57 +47,108 @@ class TrainingFailed(RuntimeError):
     """Training produced a model that must not be published (NaN loss, codebook collapse)."""
 
 
+def sample_threshold(*, n_items: int, max_items: int) -> int:
+    """Rows whose ``text_hash`` prefix (32 bits) is below this are in the fitting sample (``2**32``: all rows).
+
+    A hash of the item's text, not its position, decides: the same catalog gives the same
+    sample whatever the row order or partitioning, and it is about ``max_items`` rows.
+    """
+    if n_items <= max_items:
+        return 1 << 32
+    return int((max_items / n_items) * (1 << 32))
+
+
+def load_shard(files: list[str], *, rank: int, world_size: int, threshold: int) -> np.ndarray:
+    """This worker's training rows as one float32 matrix, read once from the embedding parts.
+
+    Parts are dealt round-robin to workers (each reads only its own); with fewer parts than
+    workers every worker reads all parts and keeps every ``world_size``-th row. Rows keep
+    the parts' order (item_id), so the seeded shuffle, the model and the IDs are reproducible.
+    """
+    mine = files[rank::world_size] if len(files) >= world_size else files
+    matrices = []
+    for uri in mine:
+        fs, path = storage.filesystem(uri)
+        table = pq.read_table(path, filesystem=fs, columns=["text_hash", "vector"])
+        if threshold < (1 << 32):
+            prefix = np.array([int(h[:8], 16) for h in table["text_hash"].to_pylist()], dtype=np.int64)
+            table = table.filter(pa.array(prefix < threshold))
+        if table.num_rows:
+            vec = table["vector"].combine_chunks()
+            matrices.append(np.asarray(vec.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(table.num_rows, -1))
+    if not matrices:
+        raise TrainingFailed(f"worker {rank} has no training rows ({len(mine)} embedding parts)")
+    x = np.concatenate(matrices)
+    return x[rank::world_size] if len(files) < world_size else x
+
+
 def _train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs inside each Ray Train worker."""
+    """The training job, the same in one Ray task (``in_train=False``) and in each Ray Train worker.
+
+    Each worker loads its shard into memory once and iterates epochs from there (a seeded
+    permutation per epoch): no per-epoch Ray Data pipeline. Rank 0 writes the model
+    (safetensors + JSON) and the per-epoch history straight to the work prefix.
+    """
     torch.set_num_threads(1)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report/checkpoint
+    in_train = loop_config["in_train"]
     core = RQVAEConfig.from_dict(loop_config["model"])
     model = RQVAE(config=core)
-    device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
-    shard = ray.train.get_dataset_shard("train")
-    ctx = ray.train.get_context()
-    batch_size = loop_config["batch_size"]
+    if in_train:
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report/checkpoint
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        device = ray.train.torch.get_device()
+        model = ray.train.torch.prepare_model(model)
+    else:
+        rank, world, device = 0, 1, torch.device(loop_config["device"])
+        model = model.to(device)
+    x = torch.from_numpy(load_shard(loop_config["files"], rank=rank, world_size=world, threshold=loop_config["threshold"]))
+    n = len(x)
+    if world > 1:  # DDP needs the same number of steps on every rank
+        count = torch.tensor([n])
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+        n = int(count.item())
+    batch_size = max(1, min(loop_config["batch_size"], n))
+    steps = math.ceil(n / batch_size)
 
     def epoch_batches(epoch: int):
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.float32, device=device, local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=core.seed + epoch):
-            yield batch["vector"]
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(core.seed * 1_000_003 + epoch * world + rank))[:n]
+        for start in range(0, n, batch_size):
+            yield x[perm[start : start + batch_size]].to(device)
 
     history: list[dict[str, Any]] = []
 
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics.to_dict())
-        if ctx.get_world_rank() == 0:  # one progress line per epoch, forwarded to the driver's log
+        if rank == 0:  # one progress line per epoch, forwarded to the driver's log
             print(f"fit epoch {metrics.epoch + 1}/{loop_config['epochs']}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
                   f"code usage {[round(u, 3) for u in metrics.code_usage]}", flush=True)
-        ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
+        if in_train:
+            ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 
     fit(
         model=model,
         config=core,
         epoch_batches=epoch_batches,
         epochs=loop_config["epochs"],
-        steps_per_epoch=loop_config["steps_per_epoch"],
+        steps_per_epoch=steps,
         device=device,
         on_epoch_end=report,
         early_stop_patience=loop_config["early_stop_patience"],
         early_stop_min_delta=loop_config["early_stop_min_delta"],
     )
     # One checkpoint at the end (early stop and NaN included), with the history that explains it.
-    if ctx.get_world_rank() == 0:
+    if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(getattr(model, "module", model), d)
             Path(d, HISTORY).write_text(json.dumps(history))
-            ray.train.report({"epoch": history[-1]["epoch"], "final": True}, checkpoint=Checkpoint.from_directory(d))
-    else:
+            for name in ("model.safetensors", "config.json"):
+                storage.write_bytes(storage.join(loop_config["model_uri"], name), Path(d, name).read_bytes())
+            storage.write_json(loop_config["history_uri"], history)
+            if in_train:
+                ray.train.report({"epoch": history[-1]["epoch"], "final": True}, checkpoint=Checkpoint.from_directory(d))
+    elif in_train:
         ray.train.report({"epoch": history[-1]["epoch"], "final": True})
-
-
-def _to_matrix(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fixed-size-list column → one (B, D) float32 matrix (what iter_torch_batches wants)."""
-    v = batch["vector"]
-    matrix = np.stack(v).astype(np.float32, copy=False) if v.dtype == object else v.astype(np.float32, copy=False)
-    return {"vector": matrix}
 
 
 def read_vectors(embeddings_uri: str) -> ray.data.Dataset:
@@ -97,25 +158,6 @@ def read_vectors(embeddings_uri: str) -> ray.data.Dataset:
     fs, _ = storage.filesystem(embeddings_uri)
     paths = [storage.filesystem(f)[1] for f in files]
     return ray.data.read_parquet(paths, filesystem=fs if storage.is_s3(embeddings_uri) else None, columns=["item_id", "text_hash", "vector"])
-
-
-def training_dataset(embeddings_uri: str) -> ray.data.Dataset:
-    """The training rows in the order of the embedding parts (item_id order), whatever order Ray's tasks finish in.
-
-    Without ``preserve_order``, several part files (catalogs over 50k items) are read by
-    parallel tasks whose blocks land in completion order, so the shuffle buffer and hence
-    the fitted model (and the IDs) would change from run to run.
-    """
-    dataset = read_vectors(embeddings_uri)
-    dataset.context.execution_options.preserve_order = True  # this dataset's own copy of the DataContext
-    # materialised once: every epoch then streams from the object store instead of re-reading Parquet
-    return dataset.map_batches(_to_matrix, batch_format="numpy").materialize()
-
-
-def ingest_options() -> ray.data.ExecutionOptions:
-    """Ray Train's default ingest options, with the block order kept (see ``training_dataset``)."""
-    current = ray.data.DataContext.get_current().execution_options
-    return ray.data.ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True, verbose_progress=current.verbose_progress)
 
 
 def check_health(history: list[dict[str, Any]], *, codebook_size: int, n_items: int, min_code_usage: float) -> None:
@@ -146,52 +188,60 @@ def fit_model(*, embeddings_uri: str, embeddings_hash: str, n_items: int, dim: i
 
 def _fit(*, embeddings_uri: str, n_items: int, core: RQVAEConfig, work_uri: str, config: PipelineConfig) -> FitResult:
     out_dir = stage_dir(work_uri, "fit")
+    files = storage.list_parquet(embeddings_uri)
+    if not files:
+        raise FileNotFoundError(f"no embeddings under {embeddings_uri}")
+    # "auto" reads the cluster's live resources: set fit.use_gpu=true to make an autoscaler start GPU workers.
     use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if config.fit.use_gpu == "auto" else bool(config.fit.use_gpu)
     workers = config.fit.num_workers
-    per_worker = max(1, n_items // workers)
-    batch_size = min(config.fit.batch_size, per_worker)
-    # Leave a CPU for Ray Data feeding the shards, or the trainer waits forever (STACK.md).
-    cpus = ray.cluster_resources().get("CPU", 1)
-    cpu_per_worker = max(0.25, min(1.0, (cpus - 1) / workers)) if cpus > 1 else 0.5
-    dataset = training_dataset(embeddings_uri)
-    with tempfile.TemporaryDirectory(prefix="semid-train-") as storage_path:
+    n_fit = min(n_items, config.fit.max_items)
+    model_uri, history_uri = storage.join(out_dir, MODEL_DIR), storage.join(out_dir, HISTORY)
+    storage.remove(model_uri)
+    loop_config = {
+        "model": core.to_dict(),
+        "files": files,
+        "threshold": sample_threshold(n_items=n_items, max_items=config.fit.max_items),
+        "batch_size": min(config.fit.batch_size, max(1, n_fit // workers)),
+        "epochs": config.fit.epochs,
+        "early_stop_patience": config.fit.early_stop_patience,
+        "early_stop_min_delta": config.fit.early_stop_min_delta,
+        "model_uri": model_uri,
+        "history_uri": history_uri,
+        "device": "cuda" if use_gpu else "cpu",
+    }
+    single = workers == 1 and n_fit <= config.fit.single_task_max_items
+    if single:
+        # One Ray task: no Train controller, worker group or process group to start (most of a small fit's time).
+        run = ray.remote(_train_loop).options(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=0)
+        ray.get(run.remote({**loop_config, "in_train": False}))
+    else:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        cpu_per_worker = max(0.25, min(1.0, cpus / workers))
+        fs, path = storage.arrow_filesystem(storage.join(out_dir, "_train"))
         trainer = TorchTrainer(
             _train_loop,
-            train_loop_config={
-                "model": core.to_dict(),
-                "batch_size": batch_size,
-                "epochs": config.fit.epochs,
-                "steps_per_epoch": math.ceil(per_worker / batch_size),
-                "early_stop_patience": config.fit.early_stop_patience,
-                "early_stop_min_delta": config.fit.early_stop_min_delta,
-            },
+            train_loop_config={**loop_config, "in_train": True},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpu_per_worker, **({"GPU": 1} if use_gpu else {})}),
-            datasets={"train": dataset},
-            dataset_config=ray.train.DataConfig(execution_options=ingest_options()),
-            run_config=RunConfig(name="rqvae", storage_path=storage_path),
+            run_config=RunConfig(name="rqvae", storage_path=path, storage_filesystem=fs),
         )
         result = trainer.fit()
         if result.checkpoint is None:
             raise TrainingFailed("training finished without a checkpoint")
-        with result.checkpoint.as_directory() as ckpt:
-            history = json.loads(Path(ckpt, HISTORY).read_text())
-            check_health(history, codebook_size=core.codebook_size, n_items=n_items, min_code_usage=config.fit.min_code_usage)
-            load_checkpoint(ckpt)  # refuse to publish a checkpoint that does not load
-            model_uri = storage.join(out_dir, MODEL_DIR)
-            storage.remove(model_uri)
-            for name in ("model.safetensors", "config.json"):
-                storage.write_bytes(storage.join(model_uri, name), Path(ckpt, name).read_bytes())
-    storage.write_json(storage.join(out_dir, "history.json"), history)
+    history = storage.read_json(history_uri)
+    check_health(history, codebook_size=core.codebook_size, n_items=n_fit, min_code_usage=config.fit.min_code_usage)
+    load_model(model_uri)  # refuse to publish a checkpoint that does not load
     return FitResult(
         model=model_uri,
         model_hash=hashlib.sha256(storage.read_bytes(storage.join(model_uri, "model.safetensors"))).hexdigest(),
-        history=storage.join(out_dir, "history.json"),
+        history=history_uri,
         items=n_items,
+        fit_items=n_fit,
         epochs_run=len(history),
         final=history[-1],
         use_gpu=use_gpu,
         num_workers=workers,
-        batch_size=batch_size,
+        runner="task" if single else "ray_train",
+        batch_size=loop_config["batch_size"],
         stopped_early=len(history) < config.fit.epochs,
     )
 

@@ -84,10 +84,14 @@ class FitResult(StageResult):
     """URI of the per-epoch history (absent when the model was reused)."""
     reused_from: str | None = None
     items: int = 0
+    fit_items: int = 0
+    """Items the model was fitted on (a hash sample above ``fit.max_items``)."""
     epochs_run: int = 0
     final: dict[str, Any] | None = None
     use_gpu: bool = False
     num_workers: int = 0
+    runner: str = ""
+    """``task`` (one Ray task) or ``ray_train`` (TorchTrainer workers)."""
     batch_size: int = 0
     stopped_early: bool = False
 

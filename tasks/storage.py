@@ -139,6 +139,17 @@ def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
     return copied
 
 
+def arrow_filesystem(uri: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path)`` for libraries that take one (Ray Train's storage): S3 through s3fs, local as is."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    os.makedirs(path, exist_ok=True)
+    return pafs.LocalFileSystem(), path
+
+
 def polars_storage_options(uri: str) -> dict[str, str] | None:
     """object_store options for polars, built from the standard AWS environment."""
     if not is_s3(uri):

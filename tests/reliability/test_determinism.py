@@ -56,31 +56,36 @@ def test_model_and_quality_are_identical(runs, other):
     assert qa["embed"]["input_hash"] == qb["embed"]["input_hash"]
 
 
-def test_training_rows_keep_the_embedding_order_whatever_ray_finishes_first(tmp_path):
-    """With several embedding part files (catalogs over 50k items), parallel read tasks finish in any order.
-
-    The fit stage must still see its rows in one fixed order, or the seeded shuffle, the
-    model and the IDs change from run to run (the TINY catalogs above have one part only).
-    """
+def test_training_shards_keep_the_embedding_order_and_the_sample_is_a_hash_of_the_text(tmp_path):
+    """Fit workers read their parts themselves: rows in part (item_id) order, parts dealt round-robin,
+    and above fit.max_items a sample decided by the text hash, so the fitted model cannot depend on
+    which worker or read finished first (catalogs over 50k items have several parts)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from tasks.embed import _vectors_array
-    from tasks.fit import ingest_options, training_dataset
-    from tasks.ray_runtime import ray_session
+    from tasks.fit import load_shard, sample_threshold
 
-    sizes = [3000, 3500, 4000, 3000, 3500, 4000]  # unequal parts, so the read tasks finish at different times
-    start = 0
+    sizes = [300, 350, 400, 300]
+    start, files = 0, []
     for i, n in enumerate(sizes):
         ids = [f"I{start + j:07d}" for j in range(n)]
+        hashes = [f"{(j * 2654435761) % (1 << 32):08x}" + "0" * 24 for j in range(start, start + n)]
         matrix = np.zeros((n, 8), dtype=np.float32)
         matrix[:, 0] = np.arange(start, start + n)
-        pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "vector": _vectors_array(matrix)}), tmp_path / f"part-{i:05d}.parquet")
+        files.append(str(tmp_path / f"part-{i:05d}.parquet"))
+        pq.write_table(pa.table({"item_id": ids, "text_hash": hashes, "vector": _vectors_array(matrix)}), files[-1])
         start += n
-    with ray_session(num_cpus=2):
-        for _ in range(2):
-            ds = training_dataset(str(tmp_path))
-            seen = np.concatenate([b["vector"][:, 0] for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
-            assert np.array_equal(seen, np.arange(start)), "training rows are not in embedding order"
-    assert ingest_options().preserve_order, "Ray Train's split of the dataset keeps the order too"
+    full = load_shard(files, rank=0, world_size=1, threshold=1 << 32)
+    assert np.array_equal(full[:, 0], np.arange(start))
+    rank1 = load_shard(files, rank=1, world_size=2, threshold=1 << 32)[:, 0]
+    assert np.array_equal(rank1, np.concatenate([np.arange(300, 650), np.arange(1050, 1350)]))
+    one_part = load_shard(files[:1], rank=1, world_size=2, threshold=1 << 32)[:, 0]
+    assert np.array_equal(one_part, np.arange(1, 300, 2)), "fewer parts than workers: every other row"
+    threshold = sample_threshold(n_items=start, max_items=400)
+    sample = load_shard(files, rank=0, world_size=1, threshold=threshold)[:, 0]
+    assert 250 < len(sample) < 550 and np.array_equal(sample, np.sort(sample))
+    reversed_parts = load_shard(files[::-1], rank=0, world_size=1, threshold=threshold)[:, 0]
+    assert np.array_equal(np.sort(reversed_parts), sample), "the sample does not depend on the part order"
+    assert sample_threshold(n_items=400, max_items=400) == 1 << 32

@@ -42,7 +42,7 @@ def test_fit_on_a_local_ray_cluster_checkpoints_and_resumes(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         manifest = _fit(tmp_path)
-        assert manifest.epochs_run == 3 and not manifest.resumed
+        assert manifest.epochs_run == 3 and not manifest.resumed and manifest.runner == "task"
         model = load_checkpoint(manifest.model)
         assert model.config.input_dim == DIM and model.config.codebook_size == 16
         history = storage.read_json(manifest.history)
@@ -63,7 +63,8 @@ def test_fit_with_two_ddp_workers_on_two_nodes(tmp_path):
     try:
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         manifest = _fit(tmp_path, num_workers=2, batch_size=32)
-        assert manifest.num_workers == 2
+        assert manifest.num_workers == 2 and manifest.runner == "ray_train"
+        assert list((tmp_path / "work" / "fit" / "_train" / "rqvae").glob("checkpoint_*/model.safetensors")), "Train storage is on the work prefix"
         history = storage.read_json(manifest.history)
         assert len(history) == 3 and all(np.isfinite(h["recon"]) for h in history)
         load_checkpoint(manifest.model)
