@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rqvae_core import RQVAE, RQVAEConfig, encode_array, fit  # noqa: E402
+from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, encode_array, fit  # noqa: E402
 from rqvae_core.metrics import corpus_metrics  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def run(name: str, config: RQVAEConfig, x: torch.Tensor, *, epochs: int, batch_s
             yield x[perm[i : i + batch_size]]
 
     t0 = time.perf_counter()
-    result = fit(model=model, config=config, epoch_batches=batches, epochs=epochs, steps_per_epoch=steps_per_epoch, device=device)
+    result = fit(model=model, train=TrainConfig(epochs=epochs, batch_size=batch_size, early_stop_patience=0), epoch_batches=batches, steps_per_epoch=steps_per_epoch, device=device)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

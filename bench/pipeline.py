@@ -115,8 +115,7 @@ def run_baseline(items_uri: str, overrides: list[str]) -> tuple[dict, float, int
                 yield x[perm[i : i + bs]]
 
         t1 = time.perf_counter()
-        fit(model=rq, config=core, epoch_batches=batches, epochs=config.fit.epochs, steps_per_epoch=(len(x) + bs - 1) // bs,
-            early_stop_patience=config.fit.early_stop_patience, early_stop_min_delta=config.fit.early_stop_min_delta)
+        fit(model=rq, train=config.fit.to_core(), epoch_batches=batches, steps_per_epoch=(len(x) + bs - 1) // bs)
         timings["fit"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         enc = encode_array(rq, x)

@@ -1,9 +1,10 @@
-"""The one frozen configuration of an RQ-VAE and its fit loop.
+"""The frozen configurations: what an RQ-VAE *is* (``RQVAEConfig``) and how it is fitted (``TrainConfig``).
 
-Defaults follow TIGER (Rajput et al., 2023) and the genrec docs: an MLP
-384 → 512 → 256 → 128 → 32, three residual levels of 256 codes, β = 0.25,
-AdamW at 5e-4. Everything the quantizer toolbox offers is a field here so a
-checkpoint's ``config.json`` fully describes how it was trained.
+Every default of the project lives here, once: the pipeline's config sections
+(tasks/config.py) take theirs from these dataclasses. The model config is what a
+checkpoint's ``config.json`` holds (enough to rebuild and run the model); the
+optimiser and schedule sit in ``TrainConfig`` because they shape a fit, not the
+model that comes out of it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-QuantizerMode = Literal["ste", "rotation", "gumbel"]
+QuantizerMode = Literal["ste", "rotation"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,11 +27,9 @@ class RQVAEConfig:
     codebook_size: int = 256
     # quantizer
     quantizer: QuantizerMode = "rotation"
-    """How gradients cross the argmin: straight-through, rotation trick, or Gumbel-softmax."""
+    """How gradients cross the argmin: straight-through, or the rotation trick."""
     beta: float = 0.25
     """Commitment weight: pulls the encoder output towards its chosen codeword."""
-    gumbel_temperature_start: float = 1.0
-    gumbel_temperature_end: float = 0.1
     sinkhorn: bool = False
     """Balance assignments during training with Sinkhorn-Knopp (as in LC-Rec)."""
     sinkhorn_epsilon: float = 0.05
@@ -38,8 +37,6 @@ class RQVAEConfig:
     ema: bool = False
     """Move codewords by an exponential moving average of their assigned vectors instead of by gradient."""
     ema_decay: float = 0.99
-    cosine: bool = False
-    """L2-normalise inputs and codewords at each level (distance becomes angle)."""
     simvq: bool = False
     """SimVQ: a frozen random codebook times a learned linear map, so all codes move together."""
     kmeans_init: bool = True
@@ -49,12 +46,6 @@ class RQVAEConfig:
     # variational bottleneck (beta-VAE), off by default
     vae: bool = False
     vae_beta: float = 1e-3
-    # optimisation
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,20 +61,14 @@ class RQVAEConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if any(h < 1 for h in self.hidden_dims):
             raise ValueError(f"hidden_dims must all be >= 1, got {self.hidden_dims}")
-        if self.quantizer not in ("ste", "rotation", "gumbel"):
-            raise ValueError(f"quantizer must be ste, rotation or gumbel, got {self.quantizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.beta < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.vae_beta < 0:
-            raise ValueError("beta, weight_decay, grad_clip and vae_beta must be >= 0")
+        if self.quantizer not in ("ste", "rotation"):
+            raise ValueError(f"quantizer must be ste or rotation, got {self.quantizer!r}")
+        if self.beta < 0 or self.vae_beta < 0:
+            raise ValueError("beta and vae_beta must be >= 0")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if not 0 < self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in (0, 1], got {self.min_lr_ratio}")
-        if self.gumbel_temperature_start <= 0 or self.gumbel_temperature_end <= 0:
-            raise ValueError("gumbel temperatures must be > 0")
-        if self.dead_code_window < 0 or self.warmup_steps < 0 or self.kmeans_iters < 0:
-            raise ValueError("dead_code_window, warmup_steps and kmeans_iters must be >= 0")
+        if self.dead_code_window < 0 or self.kmeans_iters < 0:
+            raise ValueError("dead_code_window and kmeans_iters must be >= 0")
         if self.ema and self.simvq:
             raise ValueError("ema and simvq are exclusive: SimVQ learns its codebook through a linear map")
 
@@ -97,6 +82,7 @@ class RQVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RQVAEConfig":
+        d = _upgrade(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -104,4 +90,49 @@ class RQVAEConfig:
         return cls(**d)
 
 
-__all__ = ["RQVAEConfig", "QuantizerMode"]
+# Keys that checkpoints written before the split carried: training-only, so a model loads without them.
+_TRAINING_ONLY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "gumbel_temperature_start", "gumbel_temperature_end"}
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """Read a ``config.json`` of an older checkpoint: drop training-only keys, refuse removed model options."""
+    d = {k: v for k, v in d.items() if k not in _TRAINING_ONLY_KEYS}
+    if d.pop("cosine", False):
+        raise ValueError("this checkpoint uses cosine codebooks, an option removed after it lost in the project's measurements; refit the model")
+    if d.get("quantizer") == "gumbel":
+        d["quantizer"] = "ste"  # Gumbel only changed training; inference is the same argmin
+    return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How ``rqvae_core.train.fit`` optimises a model: AdamW, warmup + cosine decay, clipping, early stop."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    early_stop_patience: int = 5
+    """Epochs without a relative recon improvement of ``early_stop_min_delta`` before stopping (0 = never)."""
+    early_stop_min_delta: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("weight_decay, grad_clip and warmup_steps must be >= 0")
+        if not 0 < self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in (0, 1], got {self.min_lr_ratio}")
+        if self.early_stop_patience < 0 or self.early_stop_min_delta < 0:
+            raise ValueError("early_stop_patience and early_stop_min_delta must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["RQVAEConfig", "TrainConfig", "QuantizerMode"]

@@ -60,7 +60,6 @@ class RQVAE(nn.Module):
             dim=c.embed_dim,
             codebook_size=c.codebook_size,
             mode=c.quantizer,
-            cosine=c.cosine,
             ema=c.ema,
             ema_decay=c.ema_decay,
             simvq=c.simvq,
@@ -117,5 +116,5 @@ class RQVAE(nn.Module):
         return self.quantizer.levels[-1].distances(last_residual).sqrt()
 
     def codebooks(self) -> torch.Tensor:
-        """(L, K, embed_dim) effective codebooks (after SimVQ maps / normalisation)."""
+        """(L, K, embed_dim) effective codebooks (after SimVQ maps)."""
         return torch.stack([level.codebook.detach() for level in self.quantizer.levels])

@@ -8,10 +8,11 @@ only in how they send the decoder's gradient back to the encoder:
   rotation+rescale of x whose matrix is treated as a constant, so the gradient
   keeps the angle it makes with the codeword, carrying information about *where*
   in the Voronoi cell x lies instead of passing it through unchanged.
-* ``gumbel``   Gumbel-softmax over −distances with an annealed temperature
-  (Jang et al., 2017); hard one-hot forward, soft backward.
 
-Codebook options: EMA updates, cosine (normalised) codebooks, SimVQ (frozen
+(Gumbel-softmax and cosine codebooks were here once; both lost in the project's
+measurements and were removed.)
+
+Codebook options: EMA updates, SimVQ (frozen
 basis × learned linear map, Zhu et al., 2024), k-means++ init from the first
 batch, dead-code restart, and Sinkhorn-balanced assignment during training
 (LC-Rec) that spreads a batch across codes instead of piling onto a few.
@@ -100,7 +101,6 @@ class VectorQuantizer(nn.Module):
         dim: int,
         codebook_size: int,
         mode: QuantizerMode = "rotation",
-        cosine: bool = False,
         ema: bool = False,
         ema_decay: float = 0.99,
         simvq: bool = False,
@@ -114,7 +114,7 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         self.dim, self.codebook_size, self.mode = dim, codebook_size, mode
-        self.cosine, self.ema, self.ema_decay, self.simvq = cosine, ema, ema_decay, simvq
+        self.ema, self.ema_decay, self.simvq = ema, ema_decay, simvq
         self.kmeans_iters, self.dead_code_window = kmeans_iters, dead_code_window
         self.use_sinkhorn, self.sinkhorn_epsilon, self.sinkhorn_iters = use_sinkhorn, sinkhorn_epsilon, sinkhorn_iters
         self.generator = torch.Generator().manual_seed(seed)
@@ -131,15 +131,10 @@ class VectorQuantizer(nn.Module):
             self.embed = nn.Parameter(init.clone())
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
-        self.temperature = 1.0
 
     @property
     def codebook(self) -> torch.Tensor:
-        cb = self.proj(self.embed) if self.simvq else self.embed
-        return F.normalize(cb, dim=-1) if self.cosine else cb
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) if self.cosine else x
+        return self.proj(self.embed) if self.simvq else self.embed
 
     @torch.no_grad()
     def _set_codewords(self, index: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -194,12 +189,10 @@ class VectorQuantizer(nn.Module):
         self.embed.data.copy_(self.ema_sum / smoothed[:, None])
 
     def distances(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K) squared distances from (prepared) ``x`` to every codeword."""
-        return squared_distances(self._prepare(x), self.codebook)
+        """(B, K) squared distances from ``x`` to every codeword."""
+        return squared_distances(x, self.codebook)
 
     def forward(self, x: torch.Tensor) -> LevelOutput:
-        raw = x
-        x = self._prepare(x)
         if self.training and not bool(self.initialized):
             self._kmeans_init(x)
         codebook = self.codebook
@@ -209,23 +202,10 @@ class VectorQuantizer(nn.Module):
         else:
             codes = d.argmin(-1)
         codeword = codebook[codes]
-        # Cosine codebooks choose by angle; the codeword then takes the residual's length so the
-        # sum of levels still reconstructs z.
-        scale = raw.norm(dim=-1, keepdim=True).detach() if self.cosine else 1.0
-        value = codeword * scale
-        if self.training and self.mode == "gumbel":
-            # The decoder sees a Gumbel-sampled codeword (straight-through Gumbel-softmax), so
-            # gradient reaches x through the logits and the sampled codewords; the residual and the losses use the argmin
-            # codeword, so a noisy sample never derails the next level. Logits are standardised
-            # per row: raw squared distances are nearly equal in high dimension.
-            logits = -(d - d.mean(-1, keepdim=True)) / d.std(-1, keepdim=True).detach().clamp_min(1e-8)
-            soft = _gumbel_soft(logits, tau=self.temperature, generator=self.generator)
-            hard = F.one_hot(soft.argmax(-1), self.codebook_size).to(soft.dtype)
-            quantized = ((hard + soft - soft.detach()) @ codebook) * scale  # one-hot forward, soft backward
-        elif self.mode == "rotation":
-            quantized = rotate_to(raw, value.detach())
+        if self.mode == "rotation":
+            quantized = rotate_to(x, codeword.detach())
         else:
-            quantized = raw + (value - raw).detach()
+            quantized = x + (codeword - x).detach()
         codebook_loss = (x.detach() - codeword).pow(2).mean() if not self.ema else x.new_zeros(())
         commitment_loss = (x - codeword.detach()).pow(2).mean()
         if self.training:
@@ -233,13 +213,7 @@ class VectorQuantizer(nn.Module):
                 self._ema_update(x.detach(), codes)
             if self.dead_code_window > 0:
                 self._restart_dead_codes(x.detach(), codes, d.detach().gather(1, codes[:, None]).squeeze(1))
-        return LevelOutput(quantized, value.detach(), codes, codebook_loss, commitment_loss)
-
-
-def _gumbel_soft(logits: torch.Tensor, *, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """softmax((logits + g) / τ) with g ~ Gumbel(0, 1): a relaxed one-hot sample (Jang et al., 2017)."""
-    u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp_(1e-9, 1 - 1e-9)
-    return F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
+        return LevelOutput(quantized, codeword.detach(), codes, codebook_loss, commitment_loss)
 
 
 class ResidualQuantizer(nn.Module):
@@ -251,10 +225,6 @@ class ResidualQuantizer(nn.Module):
         self.levels = nn.ModuleList(
             VectorQuantizer(seed=seed * 1000 + i, **level_kwargs) for i in range(n_levels)
         )
-
-    def set_temperature(self, temperature: float) -> None:
-        for level in self.levels:
-            level.temperature = temperature
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         residual = z

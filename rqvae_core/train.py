@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rqvae_core.config import RQVAEConfig
+from rqvae_core.config import TrainConfig
 from rqvae_core.model import RQVAE
 
 
@@ -28,12 +28,6 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min
     progress = min(1.0, (step - warmup_steps) / span)
     coeff = 0.5 * (1 + math.cos(math.pi * progress))
     return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * coeff)
-
-
-def temperature_at(step: int, *, total_steps: int, start: float, end: float) -> float:
-    """Exponential Gumbel temperature annealing from ``start`` to ``end`` over the run."""
-    progress = min(1.0, step / max(1, total_steps))
-    return start * (end / start) ** progress
 
 
 def _global_epoch_stats(sums: dict[str, float], n: int, used: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
@@ -63,7 +57,6 @@ class EpochMetrics:
     commitment: float
     kl: float
     lr: float
-    temperature: float
     steps: int
     code_usage: list[float]
     """Share of codes picked at least once this epoch, per level (training batches)."""
@@ -83,20 +76,18 @@ class FitResult:
 class Trainer:
     """AdamW + schedule + clipping over an RQVAE (optionally DDP-wrapped)."""
 
-    def __init__(self, *, model: nn.Module, config: RQVAEConfig, total_steps: int, device: str | torch.device = "cpu") -> None:
-        self.model, self.config, self.total_steps = model, config, max(1, total_steps)
+    def __init__(self, *, model: nn.Module, train: TrainConfig, total_steps: int, device: str | torch.device = "cpu") -> None:
+        self.model, self.train_config, self.total_steps = model, train, max(1, total_steps)
         self.device = torch.device(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
         self.step_count = 0
 
     def step(self, batch: torch.Tensor) -> dict[str, object]:
-        c = self.config
+        c = self.train_config
         lr = lr_at(self.step_count, base_lr=c.lr, total_steps=self.total_steps, warmup_steps=c.warmup_steps, min_lr_ratio=c.min_lr_ratio)
-        temperature = temperature_at(self.step_count, total_steps=self.total_steps, start=c.gumbel_temperature_start, end=c.gumbel_temperature_end)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        unwrap(self.model).quantizer.set_temperature(temperature)
         self.model.train()
         out = self.model(batch.to(self.device, non_blocking=True).float())
         self.optimizer.zero_grad(set_to_none=True)
@@ -112,7 +103,6 @@ class Trainer:
             "commitment": out.commitment_loss.item(),
             "kl": out.kl_loss.item(),
             "lr": lr,
-            "temperature": temperature,
             "codes": out.codes.detach(),
         }
 
@@ -120,24 +110,23 @@ class Trainer:
 def fit(
     *,
     model: nn.Module,
-    config: RQVAEConfig,
+    train: TrainConfig,
     epoch_batches: Callable[[int], Iterable[torch.Tensor]],
-    epochs: int,
     steps_per_epoch: int,
     device: str | torch.device = "cpu",
     on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
-    early_stop_patience: int = 0,
-    early_stop_min_delta: float = 1e-3,
 ) -> FitResult:
-    """Train for up to ``epochs``; ``epoch_batches(e)`` yields that epoch's batches.
+    """Train for up to ``train.epochs``; ``epoch_batches(e)`` yields that epoch's batches.
 
     Stops early when the epoch recon loss has not improved by a relative
-    ``early_stop_min_delta`` for ``early_stop_patience`` epochs, when the loss
-    is not finite (reported with ``nonfinite=True``), or when ``on_epoch_end``
-    returns True.
+    ``train.early_stop_min_delta`` for ``train.early_stop_patience`` epochs, when
+    the loss is not finite (reported with ``nonfinite=True``), or when
+    ``on_epoch_end`` returns True.
     """
-    trainer = Trainer(model=model, config=config, total_steps=epochs * max(1, steps_per_epoch), device=device)
+    epochs = train.epochs
+    trainer = Trainer(model=model, train=train, total_steps=epochs * max(1, steps_per_epoch), device=device)
     core = unwrap(model)
+    config = core.config
     result = FitResult()
     best, stale = math.inf, 0
     for epoch in range(epochs):
@@ -157,7 +146,7 @@ def fit(
             raise ValueError(f"epoch {epoch} yielded no batches")
         means, used = _global_epoch_stats(sums, n, used)
         metrics = EpochMetrics(
-            epoch=epoch, steps=trainer.step_count, lr=float(last["lr"]), temperature=float(last["temperature"]),
+            epoch=epoch, steps=trainer.step_count, lr=float(last["lr"]),
             code_usage=used.float().mean(1).tolist(), nonfinite=not all(math.isfinite(v) for v in means.values()), **means,
         )
         result.history.append(metrics)
@@ -166,11 +155,11 @@ def fit(
         if metrics.nonfinite or stop:
             result.stopped_early = True
             break
-        if metrics.recon < best * (1 - early_stop_min_delta):
+        if metrics.recon < best * (1 - train.early_stop_min_delta):
             best, stale = metrics.recon, 0
         else:
             stale += 1
-            if early_stop_patience and stale >= early_stop_patience:
+            if train.early_stop_patience and stale >= train.early_stop_patience:
                 result.stopped_early = True
                 break
     core.eval()

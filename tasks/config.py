@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rqvae_core.config import RQVAEConfig
+from rqvae_core.config import RQVAEConfig, TrainConfig
 
 
 class _Strict(BaseModel):
@@ -42,47 +42,50 @@ class EmbedConfig(_Strict):
     cache: bool = True
 
 
-class ModelConfig(_Strict):
-    """The RQ-VAE fields of :class:`rqvae_core.config.RQVAEConfig`, except input_dim (set by the embedder)."""
+_MODEL = RQVAEConfig()  # the defaults live in rqvae_core.config; the sections below only add ranges and docs
+_TRAIN = TrainConfig()
 
-    hidden_dims: list[int] = [512, 256, 128]
-    embed_dim: int = Field(32, ge=1)
-    n_levels: int = Field(3, ge=1)
-    codebook_size: int = Field(256, ge=2)
-    quantizer: Literal["ste", "rotation", "gumbel"] = "rotation"
-    beta: float = Field(0.25, ge=0)
-    gumbel_temperature_start: float = Field(1.0, gt=0)
-    gumbel_temperature_end: float = Field(0.1, gt=0)
-    sinkhorn: bool = False
-    sinkhorn_epsilon: float = Field(0.05, gt=0)
-    sinkhorn_iters: int = Field(3, ge=1)
-    ema: bool = False
-    ema_decay: float = Field(0.99, gt=0, lt=1)
-    cosine: bool = False
-    simvq: bool = False
-    kmeans_init: bool = True
-    kmeans_iters: int = Field(10, ge=0)
-    dead_code_window: int = Field(20, ge=0)
-    vae: bool = False
-    vae_beta: float = Field(1e-3, ge=0)
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(50, ge=0)
-    min_lr_ratio: float = Field(0.1, gt=0, le=1)
-    grad_clip: float = Field(1.0, ge=0)
+
+class ModelConfig(_Strict):
+    """The RQ-VAE fields of :class:`rqvae_core.config.RQVAEConfig`, except input_dim (set by the embedder) and seed."""
+
+    hidden_dims: list[int] = list(_MODEL.hidden_dims)
+    embed_dim: int = Field(_MODEL.embed_dim, ge=1)
+    n_levels: int = Field(_MODEL.n_levels, ge=1)
+    codebook_size: int = Field(_MODEL.codebook_size, ge=2)
+    quantizer: Literal["ste", "rotation"] = _MODEL.quantizer
+    beta: float = Field(_MODEL.beta, ge=0)
+    sinkhorn: bool = _MODEL.sinkhorn
+    sinkhorn_epsilon: float = Field(_MODEL.sinkhorn_epsilon, gt=0)
+    sinkhorn_iters: int = Field(_MODEL.sinkhorn_iters, ge=1)
+    ema: bool = _MODEL.ema
+    ema_decay: float = Field(_MODEL.ema_decay, gt=0, lt=1)
+    simvq: bool = _MODEL.simvq
+    kmeans_init: bool = _MODEL.kmeans_init
+    kmeans_iters: int = Field(_MODEL.kmeans_iters, ge=0)
+    dead_code_window: int = Field(_MODEL.dead_code_window, ge=0)
+    vae: bool = _MODEL.vae
+    vae_beta: float = Field(_MODEL.vae_beta, ge=0)
 
     def to_core(self, *, input_dim: int, seed: int) -> RQVAEConfig:
         return RQVAEConfig(input_dim=input_dim, seed=seed, **self.model_dump())
 
 
 class FitConfig(_Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=2)
+    """The optimisation of :class:`rqvae_core.config.TrainConfig`, plus where and on how much data it runs."""
+
+    epochs: int = Field(_TRAIN.epochs, ge=1)
+    batch_size: int = Field(_TRAIN.batch_size, ge=2)
+    lr: float = Field(_TRAIN.lr, gt=0)
+    weight_decay: float = Field(_TRAIN.weight_decay, ge=0)
+    warmup_steps: int = Field(_TRAIN.warmup_steps, ge=0)
+    min_lr_ratio: float = Field(_TRAIN.min_lr_ratio, gt=0, le=1)
+    grad_clip: float = Field(_TRAIN.grad_clip, ge=0)
+    early_stop_patience: int = Field(_TRAIN.early_stop_patience, ge=0)
+    """Epochs without a relative recon improvement of ``early_stop_min_delta`` before stopping (0 = never)."""
+    early_stop_min_delta: float = Field(_TRAIN.early_stop_min_delta, ge=0)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool | Literal["auto"] = "auto"
-    early_stop_patience: int = Field(5, ge=0)
-    """Epochs without a relative recon improvement of ``early_stop_min_delta`` before stopping (0 = never)."""
-    early_stop_min_delta: float = Field(1e-3, ge=0)
     min_code_usage: float = Field(0.05, ge=0, le=1)
     """Fail the run when any level uses fewer than this share of its codes (collapse)."""
     max_items: int = Field(1_000_000, ge=1)
@@ -90,6 +93,9 @@ class FitConfig(_Strict):
     single_task_max_items: int = Field(300_000, ge=0)
     """With one worker and at most this many fitting items, fit in one Ray task instead of Ray Train
     (same loop and outputs; skips the trainer's start-up, which dominates small fits)."""
+
+    def to_core(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 class AssignConfig(_Strict):
@@ -111,6 +117,7 @@ class PipelineConfig(_Strict):
     def _check_model(self) -> "PipelineConfig":
         # Run the core's own validation too, so both layers agree on what is legal.
         self.model.to_core(input_dim=1, seed=self.seed)
+        self.fit.to_core()
         return self
 
 
@@ -145,3 +152,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 def _core_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(RQVAEConfig)} - {"input_dim", "seed"}
+
+
+def _train_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)}

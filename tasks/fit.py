@@ -33,7 +33,7 @@ import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from rqvae_core import RQVAE, RQVAEConfig, fit, load_checkpoint, save_checkpoint
+from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, fit, load_checkpoint, save_checkpoint
 from rqvae_core.train import EpochMetrics
 from tasks import storage
 from tasks.config import PipelineConfig
@@ -92,6 +92,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     in_train = loop_config["in_train"]
     core = RQVAEConfig.from_dict(loop_config["model"])
+    train = TrainConfig(**loop_config["train"])
     model = RQVAE(config=core)
     if in_train:
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report/checkpoint
@@ -108,7 +109,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         count = torch.tensor([n])
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
         n = int(count.item())
-    batch_size = max(1, min(loop_config["batch_size"], n))
+    batch_size = max(1, min(train.batch_size, n))
     steps = math.ceil(n / batch_size)
 
     def epoch_batches(epoch: int):
@@ -121,22 +122,12 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics.to_dict())
         if rank == 0:  # one progress line per epoch, forwarded to the driver's log
-            print(f"fit epoch {metrics.epoch + 1}/{loop_config['epochs']}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
+            print(f"fit epoch {metrics.epoch + 1}/{train.epochs}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
                   f"code usage {[round(u, 3) for u in metrics.code_usage]}", flush=True)
         if in_train:
             ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 
-    fit(
-        model=model,
-        config=core,
-        epoch_batches=epoch_batches,
-        epochs=loop_config["epochs"],
-        steps_per_epoch=steps,
-        device=device,
-        on_epoch_end=report,
-        early_stop_patience=loop_config["early_stop_patience"],
-        early_stop_min_delta=loop_config["early_stop_min_delta"],
-    )
+    fit(model=model, train=train, epoch_batches=epoch_batches, steps_per_epoch=steps, device=device, on_epoch_end=report)
     # One checkpoint at the end (early stop and NaN included), with the history that explains it.
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
@@ -201,10 +192,7 @@ def _fit(*, embeddings_uri: str, n_items: int, core: RQVAEConfig, work_uri: str,
         "model": core.to_dict(),
         "files": files,
         "threshold": sample_threshold(n_items=n_items, max_items=config.fit.max_items),
-        "batch_size": min(config.fit.batch_size, max(1, n_fit // workers)),
-        "epochs": config.fit.epochs,
-        "early_stop_patience": config.fit.early_stop_patience,
-        "early_stop_min_delta": config.fit.early_stop_min_delta,
+        "train": config.fit.to_core().to_dict(),
         "model_uri": model_uri,
         "history_uri": history_uri,
         "device": "cuda" if use_gpu else "cpu",
@@ -241,7 +229,7 @@ def _fit(*, embeddings_uri: str, n_items: int, core: RQVAEConfig, work_uri: str,
         use_gpu=use_gpu,
         num_workers=workers,
         runner="task" if single else "ray_train",
-        batch_size=loop_config["batch_size"],
+        batch_size=min(config.fit.batch_size, max(1, n_fit // workers)),
         stopped_early=len(history) < config.fit.epochs,
     )
 

@@ -36,7 +36,7 @@ def test_checkpoint_is_not_a_pickle(tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(codebook_size=0), dict(n_levels=0), dict(lr=-1.0), dict(embed_dim=0), dict(quantizer="nope"), dict(ema_decay=1.5), dict(ema=True, simvq=True)],
+    [dict(codebook_size=0), dict(n_levels=0), dict(embed_dim=0), dict(quantizer="nope"), dict(ema_decay=1.5), dict(ema=True, simvq=True)],
 )
 def test_config_rejects_out_of_range_values(bad):
     with pytest.raises(ValueError):

@@ -171,7 +171,7 @@ def test_flow_writes_to_s3_on_a_moto_server(tmp_path, moto_s3):  # noqa: F811
         ("sku,title\n1,a\n", [], "item_id"),  # id column missing
         ("", [], "empty"),
         ("item_id,title\n1,a\n", ["--set", "model.codebook_size=0"], "codebook_size"),
-        ("item_id,title\n1,a\n", ["--set", "fit.lr=1"], "fit.lr"),  # unknown key
+        ("item_id,title\n1,a\n", ["--set", "model.lr=1"], "model.lr"),  # unknown key (the optimiser is in fit)
         ("item_id,title\n1,a\n", ["--name", "../escape"], "not allowed"),
     ],
     ids=["missing-id-column", "empty-file", "codebook-size-0", "unknown-key", "name-escapes-prefix"],

@@ -384,8 +384,8 @@ def cli(tmp_path: Path, capsys, *args: str, catalog: Path | None = None, out: Pa
         (["bogus=1"], "bogus"),
         (["model.codebook_size=0"], "model.codebook_size"),
         (["model.n_levels=0"], "model.n_levels"),
-        (["model.lr=-0.001"], "model.lr"),
-        (["fit.epochs=0", "model.lr=-1"], "fit.epochs"),
+        (["fit.lr=-0.001"], "fit.lr"),
+        (["fit.epochs=0", "fit.lr=-1"], "fit.epochs"),
         (["model.ema=true", "model.simvq=true"], "config: Value error, ema and simvq are exclusive"),
     ],
 )

@@ -315,7 +315,7 @@ def test_nan_loss_and_codebook_collapse_fail_before_publishing_with_the_metrics(
     for i in range(0, len(alike), 3):
         alike[i]["title"] = "Plain white cotton T-shirt, large"
     collapse_catalog = h.make_catalog(tmp_path / "alike.csv", rows=alike, bad=False)
-    nan = h.start_run(tmp_path, catalog=reference.catalog, out=out_nan, run_id="nan", config=reference.config, sets=["model.lr=1e6", "model.warmup_steps=0"])
+    nan = h.start_run(tmp_path, catalog=reference.catalog, out=out_nan, run_id="nan", config=reference.config, sets=["fit.lr=1e6", "fit.warmup_steps=0"])
     collapse = h.start_run(tmp_path, catalog=collapse_catalog, out=out_collapse, run_id="flat", config=reference.config, sets=["fit.min_code_usage=0.9"])
     try:
         codes = {"nan": nan.wait(timeout=300), "collapse": collapse.wait(timeout=300)}

@@ -15,8 +15,8 @@ from tasks.fit import TrainingFailed, check_health, fit_model
 pytestmark = pytest.mark.slow
 DIM = 32
 CONFIG = {
-    "model": {"hidden_dims": [64], "embed_dim": 8, "codebook_size": 16, "n_levels": 2, "warmup_steps": 5, "dead_code_window": 5},
-    "fit": {"epochs": 3, "batch_size": 64, "early_stop_patience": 0},
+    "model": {"hidden_dims": [64], "embed_dim": 8, "codebook_size": 16, "n_levels": 2, "dead_code_window": 5},
+    "fit": {"epochs": 3, "batch_size": 64, "early_stop_patience": 0, "warmup_steps": 5},
 }
 
 
