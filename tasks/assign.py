@@ -1,9 +1,12 @@
-"""Encode every item with Ray Data (many blocks, an actor pool) and resolve IDs globally.
+"""Encode every item with Ray Data (many blocks, an actor pool) and resolve IDs per first-level code.
 
 Workers ship back only what assignment and the quality report need per item
-(codes, distance, the last-level residual, three reconstruction scalars); the
-ID rules themselves live in ``rqvae_core.ids`` and run once on the driver,
-because uniqueness is a global property.
+(codes, distance, the last-level residual, three reconstruction scalars). The
+ID rules live in ``rqvae_core.ids``; ``tasks.resolve`` applies them one
+first-level code at a time (groups and overflow never cross it), with results
+identical to one global pass. The encoded rows are still gathered here on the
+driver; writing them as shards partitioned by first-level code and resolving
+each partition in a Ray task is the next step (issue 9).
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from rqvae_core.ids import check_capacity, format_sid, reassign_stable, resolve_collisions
+from rqvae_core.ids import check_capacity, format_sid
 from rqvae_core.metrics import MetricsAccumulator, prefix_coherence
 from tasks import storage
 from tasks.config import PipelineConfig
 from tasks.embed import actor_fault_tolerance
 from tasks.fit import load_model, read_vectors
 from tasks.manifest import AssignResult, hash_of, run_stage, stage_dir
+from tasks.resolve import reassign_partitioned, resolve_partitioned
 
 PART_ROWS = 500_000
 
@@ -145,7 +149,7 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     retired = None
     if prior_run and not retrain:
         prior = _read_prior(prior_run)
-        stable = reassign_stable(
+        stable = reassign_partitioned(
             item_ids=data["item_id"], text_hashes=data["text_hash"], codes=data["codes"], distances=data["distance"], codebook_size=K,
             prior_item_ids=prior["item_ids"], prior_text_hashes=prior["text_hashes"], prior_codes=prior["codes"],
             prior_retired=prior["retired"], last_level_distances=last_level_distances,
@@ -162,7 +166,7 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
         })
         n_moved = 0
     else:
-        resolved = resolve_collisions(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K, last_level_distances=last_level_distances)
+        resolved = resolve_partitioned(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K, last_level_distances=last_level_distances)
         final_codes, n_moved = resolved.codes, resolved.n_moved
         sid = format_sid(final_codes)
         if prior_run:  # explicit retrain: export the old→new map
