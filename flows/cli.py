@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="run id used in the output path (default: UTC timestamp, e.g. 20261125T030000Z); re-using an unfinished run id resumes it")
     run.add_argument("--id-column", help="column holding the item id (default: item_id)")
     run.add_argument("--text-columns", help="comma-separated columns joined into the item text (default: title,brand,categories,description when present)")
+    run.add_argument("--embedding-column", help="column of precomputed vectors (Parquet list<float> or fixed-size list; JSON arrays in text formats): skips the embed stage; null, NaN/inf and wrong-length vectors are quarantined as bad_embedding")
     run.add_argument("--config", help="JSON file with pipeline settings (sections: ingest, embed, model, fit, assign; plus seed)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one config field, e.g. --set fit.epochs=20 --set model.codebook_size=128 (repeatable)")
@@ -64,6 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.id_column:
         overrides.append(f"ingest.id_column={json.dumps(args.id_column)}")
+    if args.embedding_column:
+        overrides.append(f"ingest.embedding_column={json.dumps(args.embedding_column)}")
     if args.text_columns:
         overrides.append(f"ingest.text_columns={json.dumps([c.strip() for c in args.text_columns.split(',') if c.strip()])}")
     config = load_config(args.config, overrides)

@@ -20,7 +20,7 @@ from rqvae_core.ids import check_capacity
 from tasks import storage
 from tasks.assign import assign
 from tasks.config import PipelineConfig
-from tasks.embed import embed
+from tasks.embed import embed, provided_vectors
 from tasks.export import export, is_published, latest_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
@@ -77,6 +77,8 @@ def ingest_task(catalog: str, work: str, config: PipelineConfig) -> IngestResult
 
 @task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def embed_task(items: IngestResult, work: str, cache: str, config: PipelineConfig) -> EmbedResult:
+    if items.vectors is not None:  # --embedding-column: the catalog brought its own vectors
+        return _log_stage(provided_vectors(items=items, work_uri=work))
     return _log_stage(embed(items_uri=items.items, work_uri=work, cache_uri=cache, config=config.embed))
 
 

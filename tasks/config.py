@@ -27,6 +27,10 @@ class IngestConfig(_Strict):
     max_text_chars: int = Field(2000, ge=16)
     normalize_text: bool = True
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
+    embedding_column: str | None = None
+    """A column of precomputed vectors (Parquet list<float>/fixed-size list, or JSON arrays in text
+    formats): the embed stage is skipped. Rows whose vector is null, of another length than the
+    catalog's (the most common length), or holds NaN/inf are quarantined as ``bad_embedding``."""
 
 
 class EmbedConfig(_Strict):

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from tasks import storage
 from tasks.config import EmbedConfig
 from tasks.logs import stage_logger
-from tasks.manifest import EmbedResult, completed, hash_of, run_stage, stage_dir
+from tasks.manifest import EmbedResult, IngestResult, completed, hash_of, run_stage, stage_dir
 
 STAGE = "embed"
 PART_ROWS = 50_000
@@ -380,3 +380,21 @@ def _embed_items(items: pa.Table, *, identity: dict[str, str], device: str, fp16
         embed_seconds=round(embed_seconds, 3),
         items_per_s=round(misses.num_rows / embed_seconds, 1) if embed_seconds > 0 else 0.0,
     )
+
+
+def provided_vectors(*, items: IngestResult, work_uri: str) -> EmbedResult:
+    """``ingest.embedding_column``: the catalog brought its own vectors (already in this stage's layout); nothing is embedded.
+
+    The result points at ingest's vector parts, so fit and assign read them where they are.
+    """
+    if items.vectors is None or items.dim is None:
+        raise ValueError("the catalog has no embedding column (ingest.embedding_column is not set)")
+
+    def build() -> EmbedResult:
+        return EmbedResult(
+            embeddings=items.vectors, items=items.valid, unique_texts=0, embedded=0, cache_hits=0, dim=items.dim,
+            model=f"column:{items.catalog_uri}", model_identity={"catalog_sha256": items.catalog_sha256}, device="none",
+            fp16=False, num_actors=0, parts=len(storage.list_parquet(items.vectors)), embed_seconds=0.0, items_per_s=0.0,
+        )
+
+    return run_stage(work_uri=work_uri, result_type=EmbedResult, input_hash=hash_of(_HASH_VERSION, "provided", items.input_hash), build=build)

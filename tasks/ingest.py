@@ -64,6 +64,9 @@ STAGE = "ingest"
 DEFAULT_TEXT_COLUMNS = ("title", "brand", "categories", "description")
 LIST_LIKE_NAMES = frozenset({"categories", "category", "tags", "genres", "genre", "keywords", "labels"})
 REASONS = ("empty_id", "empty_text", "duplicate_id")
+EMBEDDING_REASON = "bad_embedding"  # only with ingest.embedding_column
+_VEC = "__vector__"
+VECTOR_PART_ROWS = 50_000  # as the embed stage's parts
 HASH_HEX_CHARS = 32  # 16 bytes of sha256
 
 _EXTENSIONS = {
@@ -284,12 +287,21 @@ def _ordered_union(keys: Iterable[Iterable[str]]) -> list[str]:
 _MAP = getattr(pl, "Map", None)  # polars >= 2: Parquet/Arrow map columns
 
 
-def _stringify_frame(lf: pl.LazyFrame) -> tuple[pl.LazyFrame, set[str]]:
-    """Cast every column to String; nested values become JSON. Returns the nested-list columns too."""
+def _stringify_frame(lf: pl.LazyFrame, keep: frozenset[str] = frozenset()) -> tuple[pl.LazyFrame, set[str]]:
+    """Cast every column to String; nested values become JSON. Returns the nested-list columns too.
+
+    Columns named in ``keep`` (the embedding column) stay numeric lists, as list<float32>.
+    """
     schema = lf.collect_schema()
     exprs, lists = [], set()
     for name, dtype in schema.items():
         col = pl.col(name)
+        if name in keep:
+            inner = dtype.inner if isinstance(dtype, (pl.List, pl.Array)) else None
+            if inner is None or not inner.is_numeric():
+                raise IngestError(f"embedding column {name!r} must be a list of numbers, got {dtype}")
+            exprs.append(col.cast(pl.List(pl.Float32)))
+            continue
         if _MAP is not None and isinstance(dtype, _MAP):
             col = col.cast(pl.List(pl.Struct({"key": dtype.key, "value": dtype.value})))
             dtype = pl.List(pl.Struct({"key": dtype.key, "value": dtype.value}))
@@ -311,7 +323,7 @@ def _stringify_frame(lf: pl.LazyFrame) -> tuple[pl.LazyFrame, set[str]]:
     return lf.select(exprs), lists
 
 
-def _scan(uri: str, fmt: str) -> tuple[pl.LazyFrame, set[str]]:
+def _scan(uri: str, fmt: str, keep: frozenset[str] = frozenset()) -> tuple[pl.LazyFrame, set[str]]:
     """A lazy all-String frame over the catalog, plus the names of list-valued columns."""
     opts = storage.polars_storage_options(uri)
     if fmt in ("csv", "tsv"):
@@ -361,7 +373,7 @@ def _scan(uri: str, fmt: str) -> tuple[pl.LazyFrame, set[str]]:
         del data
         return pl.DataFrame(cols, schema={n: pl.String for n in names}).lazy(), list_cols
     if fmt == "parquet":
-        return _stringify_frame(pl.scan_parquet(uri, storage_options=opts))
+        return _stringify_frame(pl.scan_parquet(uri, storage_options=opts), keep)
     raise IngestError(f"unsupported format {fmt!r}")
 
 
@@ -479,7 +491,7 @@ def _run(
     facts: _FileFacts,
 ) -> IngestResult:
     catalog_sha = facts.sha256
-    raw, list_cols = _scan(catalog_uri, fmt)
+    raw, list_cols = _scan(catalog_uri, fmt, frozenset({config.embedding_column}) if config.embedding_column else frozenset())
     original = list(raw.collect_schema())
     if fmt in ("csv", "tsv"):
         _check_last_record(catalog_uri, fmt, facts.tail, n_columns=len(original))
@@ -518,6 +530,14 @@ def _run(
                 f"set ingest.text_columns (available columns: {_names(columns)}){_delimiter_hint(columns, fmt)}"
             )
     text_cols = list(dict.fromkeys(text_cols))  # type: ignore[arg-type]
+    emb_col = None
+    if config.embedding_column is not None:
+        emb_col = resolve(config.embedding_column)
+        if emb_col is None:
+            raise IngestError(f"embedding column {config.embedding_column!r} not found in {catalog_uri}; available columns: {_names(columns)}")
+        if emb_col in text_cols or emb_col == id_col:
+            raise IngestError(f"embedding column {emb_col!r} cannot also be the id or a text column")
+        raw = raw.with_columns(_vector_expr(fmt, emb_col))
 
     # Pass 1 (streaming): one small row per record.
     item_id = pl.col(id_col).str.strip_chars()
@@ -528,6 +548,7 @@ def _run(
             pl.col(_ROW).cast(pl.Int64),
             item_id.alias("item_id"),
             text.alias("text"),
+            *([pl.col(_VEC).list.len().alias("vec_len"), _all_finite(pl.col(_VEC)).alias("vec_finite")] if emb_col else []),
         )
         .with_columns(
             pl.col("text").map_batches(_hash_series, return_dtype=pl.String, is_elementwise=True).alias("text_hash"),
@@ -543,11 +564,21 @@ def _run(
     n_input = core.height
     if n_input == 0:
         raise IngestError(f"catalog has no records: {catalog_uri}")
+    dim = None
+    if emb_col:
+        lengths = core.filter(pl.col("vec_len").is_not_null() & (pl.col("vec_len") > 0))["vec_len"]
+        if lengths.len() == 0:
+            raise IngestError(f"embedding column {emb_col!r} holds no vectors")
+        counts = lengths.value_counts().sort(["count", "vec_len"], descending=[True, False])
+        dim = int(counts["vec_len"][0])  # the catalog's dimension: the most common length
+        bad = pl.col("vec_len").is_null() | (pl.col("vec_len") != dim) | ~pl.col("vec_finite").fill_null(False)
+        core = core.with_columns(pl.when(pl.col("reason").is_null() & bad).then(pl.lit(EMBEDDING_REASON)).otherwise(pl.col("reason")).alias("reason"))
 
     # Duplicates: survivor = smallest text_hash, then smallest row number.
     candidates = core.filter(pl.col("reason").is_null()).sort(["item_id", "text_hash", _ROW])
     first = candidates["item_id"].is_first_distinct()
-    items = candidates.filter(first).select("item_id", "text", "text_hash")
+    survivors = candidates.filter(first)
+    items = survivors.select("item_id", "text", "text_hash")
     rejected = pl.concat(
         [
             core.filter(pl.col("reason").is_not_null()).select(_ROW, "reason"),
@@ -555,6 +586,10 @@ def _run(
         ]
     ).sort(_ROW)
     del core, candidates
+    vectors_uri = None
+    if emb_col:
+        vectors_uri = _write_vectors(raw, survivors.select(_ROW, "item_id", "text_hash"), dim=dim, out_dir=storage.join(stage_dir(work_uri, STAGE), "vectors"))
+    del survivors
 
     # Pass 2: the rejected rows with their original columns, unchanged.
     out_names = {c: (f"{c}_input" if c in ("reason", "row_number") else c) for c in columns}
@@ -565,7 +600,7 @@ def _run(
             .join(rejected.lazy(), on=_ROW, how="inner")
             .sort(_ROW)
             .select(
-                *[pl.col(c).alias(out_names[c]) for c in columns],
+                *[(_as_json_text(c) if c == emb_col and fmt == "parquet" else pl.col(c)).alias(out_names[c]) for c in columns],
                 pl.col("reason"),
                 pl.col(_ROW).alias("row_number"),
             )
@@ -607,9 +642,49 @@ def _run(
         id_column=id_col,
         text_columns=text_cols,
         format=fmt,
-        quarantine_reasons={r: int(reasons.get(r, 0)) for r in REASONS},
+        quarantine_reasons={r: int(reasons.get(r, 0)) for r in REASONS + ((EMBEDDING_REASON,) if emb_col else ())},
         text_hash=f"sha256[:{HASH_HEX_CHARS // 2} bytes] hex",
+        vectors=vectors_uri,
+        dim=dim,
     )
+
+
+def _vector_expr(fmt: str, name: str) -> pl.Expr:
+    """The embedding column as list<float32> (a Parquet list read natively, JSON arrays in text formats)."""
+    if fmt == "parquet":
+        return pl.col(name).alias(_VEC)  # left native by _scan (list<float32>)
+    return pl.col(name).str.json_decode(pl.List(pl.Float64)).cast(pl.List(pl.Float32)).alias(_VEC)
+
+
+def _as_json_text(name: str) -> pl.Expr:
+    """A native list column as the JSON text every other input column is quarantined as."""
+    prefix = len("{" + json.dumps(name, ensure_ascii=False) + ":")
+    return pl.when(pl.col(name).is_null()).then(None).otherwise(pl.struct(pl.col(name)).struct.json_encode().str.slice(prefix).str.head(-1))
+
+
+def _all_finite(vec: pl.Expr) -> pl.Expr:
+    return vec.list.eval(pl.element().is_finite().fill_null(False)).list.all()
+
+
+def _write_vectors(raw: pl.LazyFrame, survivors: pl.DataFrame, *, dim: int, out_dir: str) -> str:
+    """The valid items' vectors as ``fixed_size_list<float32>[dim]`` parts sorted by item_id (the embed layout)."""
+    table = (
+        raw.with_row_index(_ROW)
+        .select(pl.col(_ROW).cast(pl.Int64), pl.col(_VEC))
+        .join(survivors.lazy(), on=_ROW, how="inner")
+        .sort("item_id")
+        .select("item_id", "text_hash", pl.col(_VEC).list.to_array(dim).alias("vector"))
+        .collect(engine="streaming")
+        .to_arrow()
+    )
+    table = table.cast(pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("vector", pa.list_(pa.float32(), dim))]))
+    try:
+        storage.remove(out_dir)
+        for i, start in enumerate(range(0, max(table.num_rows, 1), VECTOR_PART_ROWS)):
+            storage.write_parquet(table.slice(start, VECTOR_PART_ROWS), storage.join(out_dir, f"part-{i:05d}.parquet"))
+    except Exception as exc:
+        raise _WriteFailed() from exc
+    return out_dir
 
 
 def _to_arrow(df: pl.DataFrame, types: dict[str, pa.DataType]) -> pa.Table:

@@ -55,6 +55,9 @@ class IngestResult(StageResult):
     quarantine_reasons: dict[str, int]
     text_hash: str
     """How ``text_hash`` is computed (documentation carried into the manifest)."""
+    vectors: str | None = None
+    """With ``ingest.embedding_column``: the items' own vectors, in the embed stage's layout."""
+    dim: int | None = None
 
 
 class EmbedResult(StageResult):
