@@ -8,12 +8,13 @@ passes small manifests along. Ray runs in-process (local) unless
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
+
+from flows.ops import expand_env, flow_timeout_seconds, publish_summary_artifact, run_name, slot_run_id
 
 from rqvae_core.ids import check_capacity
 
@@ -24,7 +25,7 @@ from tasks.embed import embed, provided_vectors
 from tasks.export import export, is_published, latest_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
-from tasks.locks import catalog_lock
+from tasks.locks import catalog_exclusion
 from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, StageResult
 from tasks.ray_runtime import ray_session
 
@@ -38,10 +39,6 @@ class RunSpecError(ValueError):
 def default_name(catalog: str) -> str:
     stem = PurePosixPath(catalog.rstrip("/")).name.split(".")[0]
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or "catalog"
-
-
-def default_run_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def check_safe(kind: str, value: str) -> str:
@@ -104,7 +101,11 @@ def export_task(prefix: str, items: IngestResult, embedded: EmbedResult, fitted:
     return manifest
 
 
-@flow(name="retokenize", log_prints=True)
+def _run_name() -> str:
+    return run_name(default_name)
+
+
+@flow(name="retokenize", log_prints=True, flow_run_name=_run_name, timeout_seconds=flow_timeout_seconds())
 def retokenize(
     catalog: str,
     out: str,
@@ -121,12 +122,16 @@ def retokenize(
     ``"latest"`` for the newest published run of this catalog (none: fit anew).
     ``retrain``: with a prior run, fit a new model anyway; every ID moves to the new
     model's space and ``changes/`` holds the old→new map.
+    ``run_id``: default, the flow run's scheduled start time (UTC), so a retry of a
+    scheduled night resumes that night's run. ``catalog``, ``out`` and ``name`` may
+    hold ``${VAR}``, read from the flow run's environment when it starts.
     """
-    name = check_safe("catalog name", name or default_name(catalog))
-    run_id = check_safe("run id", run_id or default_run_id())
+    catalog, out = expand_env(catalog, "catalog"), expand_env(out, "out")
+    name = check_safe("catalog name", expand_env(name, "name") or default_name(catalog))
+    run_id = check_safe("run id", run_id or slot_run_id())
     logger = get_run_logger()
     prefix = storage.join(out, name, run_id)
-    with catalog_lock(storage.join(out, name), wait_seconds=config.lock_wait_seconds):
+    with catalog_exclusion(storage.join(out, name), wait_seconds=config.lock_wait_seconds):
         if is_published(prefix):
             logger.info("%s is already published; runs are immutable, nothing to do", prefix)
             return {"prefix": prefix, "counts": storage.read_json(storage.join(prefix, "manifest.json"))["counts"], "skipped": True}
@@ -135,7 +140,9 @@ def retokenize(
             logger.info("prior run: %s", prior_run or "none published yet; fitting a new model")
         elif prior_run and not is_published(prior_run):
             raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
-        return _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run, retrain=retrain)
+        result = _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run, retrain=retrain)
+    publish_summary_artifact(prefix)
+    return result
 
 
 def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> dict[str, Any]:

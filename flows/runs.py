@@ -34,15 +34,64 @@ def _short(text: str | None, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def inspect_run(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> str:
+CHANGE_STATUSES = ("kept", "new", "changed", "removed")
+
+
+def run_summary(prefix: str) -> dict:
+    """The numbers an operator checks after each run: the same in ``semid inspect`` and the run's Prefect artifact."""
     _published(prefix)
     manifest = storage.read_json(storage.join(prefix, "manifest.json"))
     quality = storage.read_json(storage.join(prefix, "quality.json"))
-    c = manifest["counts"]
+    changes = quality.get("changes")
+    if changes is None:  # no prior run: every ID'd item is new
+        changes = {"new": manifest["counts"]["ided"]}
+    return {
+        "catalog": manifest["catalog"],
+        "run_id": manifest["run_id"],
+        "prefix": prefix,
+        "prior_run": manifest.get("prior_run"),
+        "counts": manifest["counts"],
+        "quarantine_reasons": manifest.get("quarantine_reasons") or {},
+        "changes": {s: int(changes.get(s, 0)) for s in CHANGE_STATUSES},
+        "quality": {
+            "recon_mse": quality["recon_mse"],
+            "recon_cosine": quality["recon_cosine"],
+            "unique_tuple_rate": quality["unique_tuple_rate"],
+            "largest_collision_group": quality["largest_collision_group"],
+            "active_codes": [lv["active_codes"] for lv in quality["levels"]],
+        },
+        "report": storage.join(prefix, "quality.html"),
+    }
+
+
+def summary_markdown(s: dict) -> str:
+    c, ch, q = s["counts"], s["changes"], s["quality"]
+    reasons = "".join(f"| {reason} | {n} |\n" for reason, n in sorted(s["quarantine_reasons"].items())) or "| (none) | 0 |\n"
+    return (
+        f"# semid run `{s['catalog']}/{s['run_id']}`\n\n"
+        f"Output: `{s['prefix']}`  \nPrior run: `{s['prior_run'] or 'none (new model)'}`\n\n"
+        "## Counts\n\n| input | ided | quarantined |\n|---|---|---|\n"
+        f"| {c['input']} | {c['ided']} | {c['quarantined']} |\n\n"
+        "## Quarantine reasons\n\n| reason | rows |\n|---|---|\n" + reasons + "\n"
+        "## Changes vs the prior run\n\n| kept | new | changed | removed |\n|---|---|---|---|\n"
+        f"| {ch['kept']} | {ch['new']} | {ch['changed']} | {ch['removed']} |\n\n"
+        "## Quality\n\n"
+        f"recon MSE {q['recon_mse']:.5f}, cosine {q['recon_cosine']:.4f}; unique-tuple rate before disambiguation "
+        f"{q['unique_tuple_rate']:.4f}, largest collision group {q['largest_collision_group']}; active codes per level {q['active_codes']}\n\n"
+        f"Report: `{s['report']}`\n"
+    )
+
+
+def inspect_run(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> str:
+    summary = run_summary(prefix)
+    manifest = storage.read_json(storage.join(prefix, "manifest.json"))
+    quality = storage.read_json(storage.join(prefix, "quality.json"))
+    c, ch = summary["counts"], summary["changes"]
     lines = [
         f"run        {manifest['catalog']}/{manifest['run_id']}  ({prefix})",
         f"counts     input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']}",
-        f"quarantine {manifest.get('quarantine_reasons') or {}}",
+        f"quarantine {summary['quarantine_reasons']}",
+        f"changes    kept {ch['kept']}  new {ch['new']}  changed {ch['changed']}  removed {ch['removed']}  (prior run: {summary['prior_run'] or 'none'})",
         f"recon      mse {quality['recon_mse']:.5f}  cosine {quality['recon_cosine']:.4f}",
         f"codes      active per level {[lv['active_codes'] for lv in quality['levels']]}  perplexity {[round(lv['perplexity'], 1) for lv in quality['levels']]}",
         f"ids        unique-tuple rate before disambiguation {quality['unique_tuple_rate']:.4f}, largest collision group {quality['largest_collision_group']}",

@@ -1,10 +1,17 @@
-"""One run per catalog at a time: an advisory lock held for the whole flow run.
+"""One run per catalog at a time, held for the whole flow run.
 
-``fcntl.flock`` is released by the kernel when the process dies (SIGKILL
-included), so a killed run never leaves a stale lock behind. Local outputs lock
-``<out>/<catalog>/.lock`` itself; S3 outputs lock a file named after the
-prefix in the local temp dir, which serialises runs on one host. Across hosts,
-the Prefect deployment's concurrency limit (deploy/prefect.yaml) does the job.
+With a Prefect server configured (``PREFECT_API_URL`` set), the exclusion is a
+Prefect *global concurrency limit* named after the catalog prefix (limit 1,
+created on first use): it holds across hosts, pods and deployments and shows in
+the UI under Concurrency. A holder that dies loses its slot when its lease
+expires, or at once when the next run finds the holder gone (see
+:func:`prefect_catalog_limit`).
+
+Without a server (``semid run`` with Prefect's in-process API) it falls back to
+an advisory ``fcntl.flock``, released by the kernel when the process dies
+(SIGKILL included). Local outputs lock ``<out>/<catalog>/.lock`` itself; S3
+outputs lock a file named after the prefix in the local temp dir, which
+serialises runs on one host only.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 
 from tasks import storage
@@ -22,6 +31,137 @@ from tasks import storage
 
 class RunLocked(RuntimeError):
     """Another run of the same catalog holds the lock."""
+
+
+LEASE_SECONDS = 60.0
+"""A live holder renews its lease in the background; a vanished one frees the slot after this long."""
+HOLDER_FILE = ".holder.json"
+
+
+def concurrency_limit_name(catalog_prefix: str) -> str:
+    """The Prefect global concurrency limit of one catalog: readable, and unique per output prefix."""
+    prefix = catalog_prefix.rstrip("/")
+    digest = hashlib.sha256(prefix.encode()).hexdigest()[:10]
+    return f"semid-{prefix.rsplit('/', 1)[-1]}-{digest}"
+
+
+def server_configured() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+@contextlib.contextmanager
+def catalog_exclusion(catalog_prefix: str, *, wait_seconds: float = 0.0) -> Iterator[None]:
+    """One run of a catalog at a time: a Prefect global concurrency limit with a server, else :func:`catalog_lock`."""
+    if server_configured():
+        with prefect_catalog_limit(catalog_prefix, wait_seconds=wait_seconds):
+            yield
+    else:
+        with catalog_lock(catalog_prefix, wait_seconds=wait_seconds):
+            yield
+
+
+def ensure_concurrency_limit(name: str, *, limit: int = 1) -> None:
+    """Create the global concurrency limit if it does not exist yet (an operator's own setting is kept)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+
+
+@contextlib.contextmanager
+def prefect_catalog_limit(catalog_prefix: str, *, wait_seconds: float = 0.0) -> Iterator[None]:
+    """Hold the one slot of the catalog's global concurrency limit; wait up to ``wait_seconds``, then fail clearly.
+
+    The holder is recorded in ``<catalog prefix>/.holder.json`` (lease id, flow
+    run, host, pid). A lease whose holder is gone (its process dead on this
+    host, or its flow run in a final state such as Crashed) is released at once,
+    so a retried night or a resumed run does not wait for the lease to expire.
+    """
+    # Prefect's public ``concurrency()`` hides the lease id, which reclaiming a dead holder's slot needs.
+    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease, release_concurrency_slots_with_lease
+
+    name = concurrency_limit_name(catalog_prefix)
+    ensure_concurrency_limit(name)
+    marker = storage.join(catalog_prefix, HOLDER_FILE)
+    flow_run_id = _flow_run_id()
+    holder = None
+    if flow_run_id:
+        from prefect.types._concurrency import ConcurrencyLeaseHolder
+
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run_id)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            # One attempt is a round trip to the server: a zero timeout would expire before the answer.
+            lease = acquire_concurrency_slots_with_lease([name], 1, timeout_seconds=2.0, lease_duration=LEASE_SECONDS, strict=True, holder=holder)
+            break
+        except AcquireConcurrencySlotTimeoutError:
+            if _release_if_holder_gone(marker, release_concurrency_slots_with_lease):
+                continue
+            if time.monotonic() >= deadline:
+                raise RunLocked(f"another run of {catalog_prefix} is in progress (Prefect concurrency limit {name}); retry later") from None
+    me = {"lease_id": str(lease.lease_id), "flow_run_id": flow_run_id, "host": socket.gethostname(), "pid": os.getpid(), "limit": name}
+    try:
+        storage.write_json(marker, me)
+        with maintain_concurrency_lease(lease.lease_id, LEASE_SECONDS):
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            if storage.read_json(marker).get("lease_id") == me["lease_id"]:
+                storage.remove(marker)
+        release_concurrency_slots_with_lease(lease.lease_id)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def _release_if_holder_gone(marker: str, release) -> bool:
+    """Release the recorded holder's lease when that holder can no longer be running; True if released."""
+    try:
+        held = storage.read_json(marker)
+    except Exception:  # noqa: BLE001 - no record: the holder has only just acquired, or its lease will expire
+        return False
+    if not _holder_gone(held):
+        return False
+    with contextlib.suppress(Exception):  # another waiter released it first
+        release(uuid.UUID(held["lease_id"]))
+    with contextlib.suppress(Exception):
+        storage.remove(marker)
+    return True
+
+
+def _holder_gone(held: dict) -> bool:
+    if held.get("host") == socket.gethostname():
+        try:
+            os.kill(int(held["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, KeyError, TypeError):
+            pass
+    if held.get("flow_run_id"):
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(uuid.UUID(held["flow_run_id"])).state
+        except Exception:  # noqa: BLE001 - an unknown run: let its lease expire
+            return False
+        return state is not None and state.is_final()
+    return False
 
 
 def lock_path(catalog_prefix: str) -> str:
