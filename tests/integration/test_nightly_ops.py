@@ -6,8 +6,8 @@ worker gets the environment an operator would give it (``SEMID_CATALOGS``,
 read at run time. Each night is a flow run of that deployment at its schedule
 slot (03:00 UTC); between nights 2 and 3 the ``backfill`` deployment publishes
 two dated snapshots (given newest first), whose run ids sort *below* the
-nightly ones as strings. Night 3 is SIGKILLed mid-run and retried (the UI's
-"Retry": the same flow run back to Scheduled): it must resume its work dir.
+nightly ones as strings. Night 3 is SIGKILLed mid-run and retried (a new flow run for
+the same schedule slot): it must resume its work dir.
 
 Checked: every unchanged item keeps its exact ID every night, no ID is ever
 issued to a second item, every change table is exact, ``latest`` follows
@@ -144,12 +144,16 @@ def _flow_run(server: PrefectServer, run_id: str) -> dict:
     return _api(server, "GET", f"/flow_runs/{run_id}")
 
 
-def _wait_final(server: PrefectServer, run_id: str, worker: Worker, timeout: float = 400) -> dict:
-    def final() -> dict | None:
+def _wait_state(server: PrefectServer, run_id: str, states: tuple[str, ...], timeout: float) -> dict:
+    def reached() -> dict | None:
         fr = _flow_run(server, run_id)
-        return fr if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+        return fr if fr["state"]["type"] in states else None
 
-    fr = h.wait_for(final, timeout=timeout, interval=0.5, what=f"flow run {run_id} to finish")
+    return h.wait_for(reached, timeout=timeout, interval=0.5, what=f"flow run {run_id} to reach {states}")
+
+
+def _wait_final(server: PrefectServer, run_id: str, worker: Worker, timeout: float = 400) -> dict:
+    fr = _wait_state(server, run_id, ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"), timeout)
     assert fr["state"]["type"] == "COMPLETED", f"{fr['name']}: {fr['state']['type']} {fr['state'].get('message')}\n{worker.tail()}"
     return fr
 
@@ -205,14 +209,16 @@ def test_five_nights_and_a_backfill_through_the_deployments(prefect_server: Pref
             cat.write(live)
             run_id = SLOTS[i].strftime("%Y%m%dT%H%M%SZ")
             fr_id = _create_run(server, nightly, slot=SLOTS[i], parameters={"config": TINY})
-            if crash:  # SIGKILL the night once its embed stage is recorded, then retry the same flow run
+            if crash:  # SIGKILL the night once its embed stage is recorded, then retry the slot
                 work = out / "beauty" / "_work" / run_id
                 h.wait_for(lambda: len(list(work.rglob("_stage.json"))) >= 2, timeout=400, interval=0.05, what="night 3's embed stage")
                 for pid in _flow_run_pids(fr_id):
                     h.kill_tree(pid)
-                h.wait_for(lambda: _flow_run(server, fr_id)["state"]["type"] == "CRASHED", timeout=120, interval=0.5, what="the worker to report the crash")
-                assert not (out / "beauty" / run_id / "_SUCCESS").exists()
-                _api(server, "POST", f"/flow_runs/{fr_id}/set_state", {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
+                crashed = _wait_state(server, fr_id, ("CRASHED",), timeout=120)
+                assert crashed["name"] == f"beauty/{run_id}" and not (out / "beauty" / run_id / "_SUCCESS").exists()
+                # The retry: a new flow run for the same schedule slot (what a re-run of the missed
+                # night does), so the same run id and the crashed attempt's work dir.
+                fr_id = _create_run(server, nightly, slot=SLOTS[i], parameters={"config": TINY})
             fr = _wait_final(server, fr_id, worker)
             print(f"night {i + 1}: {fr['total_run_time']:.0f}s run time")
             assert fr["name"] == f"beauty/{run_id}", "flow run name = <name>/<run_id>, run id from the schedule slot"
@@ -315,3 +321,37 @@ def test_automations_spec_validates_and_is_created_on_the_server(prefect_server:
     assert missing.trigger.posture == Posture.Proactive and missing.trigger.within == dt.timedelta(hours=26)
     assert missing.trigger.expect == {"prefect.flow-run.Completed"}
     assert all(str(a.actions[0].block_document_id) == str(block_id) for a in (failed, missing))
+
+
+def test_catalog_limit_refuses_a_second_run_and_frees_a_killed_holders_slot_at_once(prefect_server: PrefectServer, tmp_path: Path):
+    """With a server, one run per catalog is a Prefect global concurrency limit, valid across processes and hosts."""
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.locks import RunLocked, catalog_exclusion, concurrency_limit_name
+    from tests.integration.conftest import PROJECT_ROOT
+
+    prefix = str(tmp_path / "out" / "shop")
+    hold = "import sys, time\nfrom tasks.locks import catalog_exclusion\nwith catalog_exclusion(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, prefix], cwd=PROJECT_ROOT, env=prefect_server.env, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with temporary_settings({PREFECT_API_URL: prefect_server.api_url}), get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(concurrency_limit_name(prefix))
+            assert (limit.limit, limit.active_slots) == (1, 1)
+            with pytest.raises(RunLocked, match=f"another run of {prefix} is in progress"):
+                with catalog_exclusion(prefix):
+                    pass
+            os.killpg(holder.pid, signal.SIGKILL)  # the holder dies without releasing; its lease is still live
+            holder.wait(timeout=30)
+            with catalog_exclusion(prefix):  # the dead holder's slot is taken back at once, not after the lease
+                assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 1
+            assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 0
+    finally:
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait(timeout=30)
