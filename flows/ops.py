@@ -82,6 +82,7 @@ def artifact_key(name: str) -> str:
 
 def publish_summary_artifact(prefix: str) -> str | None:
     """A markdown artifact of a published run (counts, quarantine, changes, quality, report); None outside a run."""
+    from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact
     from prefect.context import FlowRunContext
 
@@ -90,9 +91,13 @@ def publish_summary_artifact(prefix: str) -> str | None:
     if FlowRunContext.get() is None:
         return None
     summary = run_summary(prefix)
-    create_markdown_artifact(
-        key=artifact_key(summary["catalog"]),
-        markdown=summary_markdown(summary),
-        description=f"semid run {summary['catalog']}/{summary['run_id']}",
-    )
+    try:
+        create_markdown_artifact(
+            key=artifact_key(summary["catalog"]),
+            markdown=summary_markdown(summary),
+            description=f"semid run {summary['catalog']}/{summary['run_id']}",
+        )
+    except Exception as e:  # noqa: BLE001 - the run is published; a lost summary must not fail it
+        get_run_logger().warning("could not store the run's summary artifact: %s: %s", type(e).__name__, e)
+        return None
     return artifact_key(summary["catalog"])

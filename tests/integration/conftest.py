@@ -2,7 +2,8 @@
 
 ``prefect_server`` (one per test session) runs ``prefect server start`` on a
 free localhost port with its own PREFECT_HOME and process group, and creates
-the ``semid-process`` work pool that deploy/prefect.yaml targets.
+the ``semid-process`` work pool that deploy/prefect.yaml targets; ``deployed``
+deploys deploy/prefect.yaml on it as shipped (``prefect deploy --all``).
 """
 
 from __future__ import annotations
@@ -166,3 +167,34 @@ class Worker:
 
     def tail(self, n: int = 12000) -> str:
         return _tail(self.log, n)
+
+
+def api(server: PrefectServer, method: str, path: str, body: dict | None = None) -> dict | list | None:
+    """One REST call; a busy server's 503 is retried, as Prefect's own client does."""
+    req = urllib.request.Request(
+        f"{server.api_url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    for attempt in range(10):
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                raw = r.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 9:
+                raise
+            time.sleep(1 + attempt)
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server: PrefectServer) -> dict[str, dict]:
+    """deploy/prefect.yaml as shipped, with both work pools present (the kubernetes one has no worker here)."""
+    api(prefect_server, "POST", "/work_pools/", {"name": "semid-kubernetes", "type": "kubernetes"})
+    # Deploy-time values that must NOT end up in the deployments (they are read when a run starts).
+    prefect_server.cli("deploy", "--all", "--prefect-file", PREFECT_FILE, env={"SEMID_OUT": "/deploy-time", "SEMID_CATALOGS": "/deploy-time"})
+    out = {}
+    for name in ("retokenize/nightly-beauty", "retokenize/nightly-beauty-k8s", "backfill/backfill", "retokenize/manual"):
+        out[name] = api(prefect_server, "GET", f"/deployments/name/{name}")
+    return out
+
+
