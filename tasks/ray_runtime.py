@@ -91,11 +91,14 @@ def gpu_available() -> bool:
 
 
 def resolve_device(pref: Literal["auto", "cpu", "cuda"]) -> str:
-    """``auto`` -> ``cuda`` when a GPU is schedulable, else ``cpu``; ``cuda`` without one fails loudly."""
+    """``auto`` -> ``cuda`` when the cluster has a GPU *now*, else ``cpu`` (it never waits for an autoscaler:
+    set ``cuda`` for that); ``cuda`` on a local Ray without a GPU fails loudly."""
     if pref == "cpu":
         return "cpu"
     if pref == "cuda":
-        if not gpu_available():
+        # On a cluster (RAY_ADDRESS) the GPU actors' resource request is what makes an autoscaler
+        # start GPU workers from zero; only a local Ray without GPUs can never satisfy it.
+        if not gpu_available() and not os.environ.get("RAY_ADDRESS"):
             raise RuntimeError("device='cuda' was requested but no GPU is visible to Ray")
         return "cuda"
     if pref == "auto":

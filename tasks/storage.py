@@ -127,16 +127,39 @@ def remove_if_empty(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def copy_file(src_uri: str, dst_uri: str) -> None:
+    """One file, copied by the store itself when both ends are in it (see ``copy_tree``)."""
+    if is_s3(src_uri) != is_s3(dst_uri):
+        write_bytes(dst_uri, read_bytes(src_uri))
+        return
+    fs, src = filesystem(src_uri)
+    _, dst = filesystem(dst_uri)
+    if not is_s3(dst_uri):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    fs.copy(src, dst)
+
+
 def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
-    """Copy every file under ``src_uri`` (local or S3) to the same relative place under ``dst_uri``."""
+    """Copy every file under ``src_uri`` to the same relative place under ``dst_uri``; returns the relative paths.
+
+    Within one store the store copies (S3 CopyObject, server-side; a local file copy),
+    so no byte passes through this process. Across stores (local <-> S3) it streams.
+    """
     src_fs, src = filesystem(src_uri)
-    copied = []
-    for f in sorted(src_fs.find(src)):
-        rel = posixpath.relpath(f, src)
+    dst_fs, dst = filesystem(dst_uri)
+    files = sorted(src_fs.find(src))
+    rels = [posixpath.relpath(f, src) for f in files]
+    if is_s3(src_uri) == is_s3(dst_uri):
+        for f, rel in zip(files, rels):
+            target = posixpath.join(dst, rel) if is_s3(dst_uri) else os.path.join(dst, *rel.split("/"))
+            if not is_s3(dst_uri):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            src_fs.copy(f, target)
+        return rels
+    for f, rel in zip(files, rels):
         with src_fs.open(f, "rb") as fh:
             write_bytes(join(dst_uri, *rel.split("/")), fh.read())
-        copied.append(rel)
-    return copied
+    return rels
 
 
 def arrow_filesystem(uri: str) -> tuple[Any, str]:
