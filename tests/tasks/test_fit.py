@@ -10,7 +10,8 @@ import ray
 from rqvae_core import load_checkpoint
 from tasks import storage
 from tasks.config import PipelineConfig
-from tasks.fit import TrainingFailed, check_health, fit_model
+from tasks.fit import TrainingFailed, check_health, fit_model, load_model
+from tests.s3_fixture import BUCKET, moto_s3  # noqa: F401
 
 pytestmark = pytest.mark.slow
 DIM = 32
@@ -54,7 +55,9 @@ def test_fit_on_a_local_ray_cluster_checkpoints_and_resumes(tmp_path):
         ray.shutdown()
 
 
-def test_fit_with_two_ddp_workers_on_two_nodes(tmp_path):
+def test_fit_with_two_ddp_workers_on_two_nodes_with_s3_storage(tmp_path, moto_s3):  # noqa: F811
+    """Ray Train on a two-node cluster (started after the S3 environment, so every node inherits it):
+    embeddings, model and Ray Train's own checkpoint storage all live on the S3 work prefix."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
@@ -62,12 +65,17 @@ def test_fit_with_two_ddp_workers_on_two_nodes(tmp_path):
     ray.init(address=cluster.address)
     try:
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        manifest = _fit(tmp_path, num_workers=2, batch_size=32)
+        emb, work = f"s3://{BUCKET}/emb", f"s3://{BUCKET}/work"
+        write_embeddings(emb)
+        config = PipelineConfig.model_validate({**CONFIG, "fit": {**CONFIG["fit"], "num_workers": 2, "batch_size": 32}})
+        manifest = fit_model(embeddings_uri=emb, embeddings_hash="h", n_items=600, dim=DIM, work_uri=work, config=config)
         assert manifest.num_workers == 2 and manifest.runner == "ray_train"
-        assert list((tmp_path / "work" / "fit" / "_train" / "rqvae").glob("checkpoint_*/model.safetensors")), "Train storage is on the work prefix"
+        assert manifest.model.startswith(f"s3://{BUCKET}/work/fit/")
         history = storage.read_json(manifest.history)
         assert len(history) == 3 and all(np.isfinite(h["recon"]) for h in history)
-        load_checkpoint(manifest.model)
+        load_model(manifest.model)
+        fs, _ = storage.filesystem(work)
+        assert fs.glob(f"{BUCKET}/work/fit/_train/rqvae/checkpoint_*/model.safetensors"), "Ray Train's checkpoint is under the S3 work prefix"
     finally:
         ray.shutdown()
         cluster.shutdown()
