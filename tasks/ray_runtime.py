@@ -4,8 +4,9 @@
 
 * ``RAY_ADDRESS`` set  -> connect to that cluster (``auto``, ``host:port`` or ``ray://``);
 * Ray already running in this process -> reuse it and leave it running;
-* otherwise -> start a quiet local Ray (no dashboard, no usage stats, no token
-  auth warning) and shut it down again on exit, whatever happens inside.
+* otherwise -> start a quiet local Ray of its own (never another process's;
+  no dashboard, no usage stats, no token auth warning) and shut it down again
+  on exit, whatever happens inside.
 
 Workers get one OpenMP/MKL thread each (``torch`` with more threads than cores
 is many times slower on small VMs) and offline Hugging Face access by default.
@@ -68,7 +69,10 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
             log_to_driver=True,
         )
     else:
+        # "local": always a cluster of our own. Without it ray.init() joins any Ray already running on
+        # the host (another flow run's, a `ray start`), whose shutdown then kills this run's work.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
