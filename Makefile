@@ -28,10 +28,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# Quiet by design: one line per stage and a summary; Ray's and Prefect's logs go to out/demo/_logs/demo.log.
 demo: $(STAMP)
-	$(BIN)/semid sample --out out/demo_catalog.csv --n 3000
-	$(BIN)/semid run --catalog out/demo_catalog.csv --out out --name demo --run-id demo
-	$(BIN)/semid inspect out/demo/demo
+	@$(BIN)/semid sample --out out/demo_catalog.csv --n 3000
+	@$(BIN)/semid run --catalog out/demo_catalog.csv --out out --name demo --run-id demo
+	@$(BIN)/semid inspect out/demo/demo --codes 2 --per-code 3
 	@echo "semantic IDs: out/demo/demo/semantic_ids/  report: out/demo/demo/quality.html"
 
 

@@ -1,4 +1,9 @@
-"""``semid``: the one console script. Subcommands: run, backfill, sample, inspect, similar."""
+"""``semid``: the one console script. Subcommands: run, validate, backfill, sample, inspect, similar.
+
+Terminal output is the CLI's own (progress per stage, a summary, one line per error);
+everything Ray and Prefect print goes to a log file (see ``flows/console.py``).
+Exit codes: 0 ok, 2 bad input or configuration, 1 a run that failed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import json
 import os
 import sys
 from typing import Sequence
+
+from flows.console import Console, ProgressView, add_output_options, capture, run_log_path, show_run_logs
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -18,11 +25,25 @@ QUIET_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # read when ray.data is imported; its bars would only draw into the log file
+    # The ephemeral Prefect API can take well over Prefect's 20 s default to come up on a busy 2-CPU host.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("semid")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="semid", description="Semantic-ID tokenization of item catalogs (RQ-VAE, Ray, Prefect).")
+    p = argparse.ArgumentParser(prog="semid", description="Semantic-ID tokenization of item catalogs (RQ-VAE, Ray, Prefect).",
+                                epilog="Exit codes: 0 ok, 2 bad input or configuration, 1 a run that failed.")
+    p.add_argument("--version", action="version", version=f"semid {_version()}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the full flow on a catalog and print the output prefix",
@@ -31,16 +52,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="output root, local path or s3://bucket/prefix; the run goes to OUT/NAME/RUN_ID/")
     run.add_argument("--name", help="catalog name used in the output path (default: the catalog file's stem)")
     run.add_argument("--run-id", help="run id used in the output path (default: UTC timestamp, e.g. 20261125T030000Z); re-using an unfinished run id resumes it")
-    run.add_argument("--id-column", help="column holding the item id (default: item_id)")
-    run.add_argument("--text-columns", help="comma-separated columns joined into the item text (default: title,brand,categories,description when present)")
-    run.add_argument("--embedding-column", help="column of precomputed vectors (Parquet list<float> or fixed-size list; JSON arrays in text formats): skips the embed stage; null, NaN/inf and wrong-length vectors are quarantined as bad_embedding")
-    run.add_argument("--config", help="JSON file with pipeline settings (sections: ingest, embed, model, fit, assign; plus seed)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one config field, e.g. --set fit.epochs=20 --set model.codebook_size=128 (repeatable)")
+    _add_config_options(run)
     run.add_argument("--prior-run", help="a published run prefix, or 'latest' for this catalog's newest finished run: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
 
     run.add_argument("--retrain", action="store_true",
                      help="with --prior-run: fit a new model anyway; every ID moves to the new model's space and changes/ holds the old→new map")
+    run.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: OUT/NAME/_logs/RUN_ID.log for a local --out, else under $SEMID_LOG_DIR)")
+    add_output_options(run)
+
+    validate = sub.add_parser("validate", help="check a catalog and config without running (no Ray, no Prefect)",
+                              description="Config, catalog columns and rows (quarantine counts), ID-space capacity, --out and prior-run "
+                                          "compatibility: the checks a run makes before its expensive stages, in seconds.")
+    validate.add_argument("--catalog", required=True, help="catalog file, as for run")
+    validate.add_argument("--out", help="output root, as for run (checked for writability; needed with --prior-run latest)")
+    validate.add_argument("--name", help="catalog name, as for run (default: the catalog file's stem)")
+    _add_config_options(validate)
+    validate.add_argument("--prior-run", help="a published run prefix or 'latest' (with --out): check it can seed this run")
+    add_output_options(validate)
 
     backfill = sub.add_parser(
         "backfill", help="run dated snapshots of catalogs in date order, each chained to the previous",
@@ -55,25 +83,39 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--parallel", type=int, default=2, help="catalogs backfilled at the same time (default 2)")
     backfill.add_argument("--config", help="JSON file with pipeline settings, as for run")
     backfill.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config field, as for run (repeatable)")
+    backfill.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: OUT/_logs/backfill-TIMESTAMP.log for a local --out, else under $SEMID_LOG_DIR)")
+    add_output_options(backfill)
 
     sample = sub.add_parser("sample", help="write a synthetic product catalog (CSV)", description="Write a realistic synthetic product catalog, deterministic by seed.")
     sample.add_argument("--out", required=True, help="CSV file to write")
     sample.add_argument("--n", type=int, default=3000, help="number of items (default 3000)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_output_options(sample)
 
     inspect = sub.add_parser("inspect", help="summarise a finished run", description="Counts, quality headline and a few items per top-level code.")
     inspect.add_argument("prefix", help="a run prefix OUT/NAME/RUN_ID (local or s3://)")
     inspect.add_argument("--codes", type=int, default=3, help="number of top-level codes to show (default 3)")
     inspect.add_argument("--per-code", type=int, default=4, help="items shown per top-level code (default 4)")
+    add_output_options(inspect)
 
     similar = sub.add_parser("similar", help="items most similar to one item by semantic ID", description="Ranked by shared ID prefix, then distance between codeword embeddings.")
     similar.add_argument("prefix", help="a run prefix OUT/NAME/RUN_ID (local or s3://)")
     similar.add_argument("item_id", help="the query item's id")
     similar.add_argument("-k", type=int, default=10, help="number of similar items (default 10)")
+    add_output_options(similar)
     return p
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--id-column", help="column holding the item id (default: item_id)")
+    p.add_argument("--text-columns", help="comma-separated columns joined into the item text (default: title,brand,categories,description when present)")
+    p.add_argument("--embedding-column", help="column of precomputed vectors (Parquet list<float> or fixed-size list; JSON arrays in text formats): skips the embed stage; null, NaN/inf and wrong-length vectors are quarantined as bad_embedding")
+    p.add_argument("--config", help="JSON file with pipeline settings (sections: ingest, embed, model, fit, assign; plus seed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set fit.epochs=20 --set model.codebook_size=128 (repeatable)")
+
+
+def _config(args: argparse.Namespace):
     from tasks.config import load_config
 
     overrides = list(args.overrides)
@@ -83,23 +125,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"ingest.embedding_column={json.dumps(args.embedding_column)}")
     if args.text_columns:
         overrides.append(f"ingest.text_columns={json.dumps([c.strip() for c in args.text_columns.split(',') if c.strip()])}")
-    config = load_config(args.config, overrides)
-    from flows.retokenize import check_safe, retokenize
+    return load_config(args.config, overrides)
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    config = _config(args)
+    from flows.retokenize import check_safe, default_name, default_run_id, retokenize
 
     # Fail fast, before Prefect and Ray start: names that would leave the output prefix, an unusable --out.
-    if args.name is not None:
-        check_safe("catalog name", args.name)
-    if args.run_id is not None:
-        check_safe("run id", args.run_id)
+    name = check_safe("catalog name", args.name if args.name is not None else default_name(args.catalog))
+    run_id = check_safe("run id", args.run_id if args.run_id is not None else default_run_id())
     _check_out(args.out)
 
-    result = retokenize(catalog=args.catalog, out=args.out, name=args.name, run_id=args.run_id, config=config, prior_run=args.prior_run, retrain=args.retrain)
-    c = result["counts"]
-    print(f"semantic IDs: {result['prefix']}  (input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']})")
+    log_file = args.log_file or run_log_path(args.out, name, run_id)
+    with capture(console, log_file), show_run_logs(console), ProgressView(console):
+        result = retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=config, prior_run=args.prior_run, retrain=args.retrain)
+    console.result({**result, "name": name, "run_id": run_id, "log_file": log_file}, _run_text)
+    console.info(f"log: {log_file}")
     return 0
 
 
-def _cmd_backfill(args: argparse.Namespace) -> int:
+def _run_text(d: dict) -> str:
+    c = d["counts"]
+    head = "already published, nothing to do: " if d.get("skipped") else ""
+    return f"{head}semantic IDs: {d['prefix']}  (input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']})"
+
+
+def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from flows.validate import validate
+
+    config = _config(args)
+    if args.out is not None:
+        _check_out(args.out)
+    report = validate(catalog=args.catalog, out=args.out, name=args.name, config=config, prior_run=args.prior_run)
+    console.result(report, lambda r: "\n".join(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']:<9} {c['detail']}" for c in r["checks"]))
+    failed = [c for c in report["checks"] if not c["ok"]]
+    if failed:
+        print(f"semid: validation failed: {failed[0]['check']}: {failed[0]['detail']}", file=console.err, flush=True)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _cmd_backfill(args: argparse.Namespace, console: Console) -> int:
     from tasks.config import load_config
 
     config = load_config(args.config, list(args.overrides))
@@ -110,13 +177,18 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     snapshots = expand_snapshots(args.snapshots)
     plan(snapshots, args.name)  # fail fast, before Prefect and Ray start: undated or duplicate snapshots
     _check_out(args.out)
-    try:
-        rows = backfill(snapshots=snapshots, out=args.out, name=args.name, config=config, prior_run=args.prior_run, max_parallel=args.parallel)
-    except BackfillFailed as e:
-        print(format_summary(e.rows))
-        print(f"semid: backfill failed: {e}", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    print(format_summary(rows))
+    from flows.retokenize import default_run_id
+
+    log_file = args.log_file or run_log_path(args.out, "", f"backfill-{default_run_id()}")
+    with capture(console, log_file), show_run_logs(console):  # no per-stage lines: catalogs run in parallel
+        try:
+            rows = backfill(snapshots=snapshots, out=args.out, name=args.name, config=config, prior_run=args.prior_run, max_parallel=args.parallel)
+        except BackfillFailed as e:
+            console.result({"runs": e.rows, "failed": str(e), "log_file": console.log_file}, format_summary(e.rows))
+            print(f"semid: backfill failed: {e} (details: {console.log_file})", file=console.err, flush=True)
+            return EXIT_RUN_FAILED
+    console.result({"runs": rows, "log_file": console.log_file}, format_summary(rows))
+    console.info(f"log: {console.log_file}")
     return 0
 
 
@@ -142,25 +214,25 @@ def _check_out(out: str) -> None:
         raise OutputLocationError(f"--out {out} cannot be created or written: no write permission on {probe}")
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
+def _cmd_sample(args: argparse.Namespace, console: Console) -> int:
     from tasks.sample_catalog import write_sample_catalog
 
     n = write_sample_catalog(out_path=args.out, n=args.n, seed=args.seed)
-    print(f"wrote {n} items to {args.out}")
+    console.result({"out": args.out, "items": n, "seed": args.seed}, f"wrote {n} items to {args.out}")
     return 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from flows.runs import inspect_run
+def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from flows.runs import format_inspect, inspect_data
 
-    print(inspect_run(args.prefix, n_codes=args.codes, per_code=args.per_code))
+    console.result(inspect_data(args.prefix, n_codes=args.codes, per_code=args.per_code), format_inspect)
     return 0
 
 
-def _cmd_similar(args: argparse.Namespace) -> int:
-    from flows.runs import similar_items
+def _cmd_similar(args: argparse.Namespace, console: Console) -> int:
+    from flows.runs import format_similar, similar_data
 
-    print(similar_items(args.prefix, args.item_id, k=args.k))
+    console.result(similar_data(args.prefix, args.item_id, k=args.k), format_similar)
     return 0
 
 
@@ -169,36 +241,42 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+HANDLERS = {"run": _cmd_run, "validate": _cmd_validate, "backfill": _cmd_backfill, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "backfill": _cmd_backfill, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar}
+    console = Console.from_args(args)
+    try:
+        return HANDLERS[args.command](args, console)
+    except BaseException as e:  # noqa: BLE001 - every error ends as one line and an exit code
+        return report_error(console, e)
+
+
+def report_error(console: Console, e: BaseException) -> int:
+    """One readable line (the traceback goes to the log file) and the exit code for ``e``."""
     from pydantic import ValidationError
 
     from tasks.ingest import IngestError
 
-    try:
-        return handlers[args.command](args)
-    except ValidationError as e:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {_short(err.get('input'))})"
-            for err in e.errors()
-        ]
-        print("semid: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
+    if isinstance(e, SystemExit):
+        raise e
+    console.write_traceback(e)
+    if isinstance(e, ValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {_short(err.get('input'))})" for err in e.errors())
+        console.error(f"invalid configuration: {fields}", kind="ValidationError", exit_code=EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
-    except (IngestError, ValueError, FileNotFoundError, PermissionError) as e:
-        print(f"semid: {type(e).__name__}: {e}", file=sys.stderr)
+    bad_input = (IngestError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+    if isinstance(e, bad_input):
+        console.error(f"{type(e).__name__}: {e}", kind=type(e).__name__, exit_code=EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
-    except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:  # a path given by the user points at the wrong kind of file
-        print(f"semid: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("semid: interrupted; re-run with the same --run-id to resume", file=sys.stderr)
+    if isinstance(e, KeyboardInterrupt):
+        console.error("interrupted; re-run with the same --run-id to resume", kind="KeyboardInterrupt", exit_code=130)
         return 130
-    except Exception as e:  # a failed run: one readable line, the traceback is in the Prefect log
-        print(f"semid: run failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_RUN_FAILED
+    console.error(f"run failed: {type(e).__name__}: {e}", kind=type(e).__name__, exit_code=EXIT_RUN_FAILED)
+    return EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":

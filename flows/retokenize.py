@@ -18,7 +18,7 @@ from flows.ops import expand_env, flow_timeout_seconds, publish_summary_artifact
 
 from rqvae_core.ids import check_capacity
 
-from tasks import storage
+from tasks import progress, storage
 from tasks.assign import assign
 from tasks.config import PipelineConfig
 from tasks.embed import embed, provided_vectors
@@ -26,7 +26,7 @@ from tasks.export import export, is_published, latest_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
 from tasks.locks import catalog_exclusion
-from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, StageResult
+from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, StageResult, Stopwatch
 from tasks.ray_runtime import ray_session
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -64,6 +64,7 @@ R = TypeVar("R", bound=StageResult)
 
 def _log_stage(m: R) -> R:
     get_run_logger().info("%s %s in %.1fs: %s", m.stage, "resumed" if m.resumed else "done", m.seconds, m.summary())
+    progress.stage_done(m)
     return m
 
 
@@ -96,8 +97,10 @@ def assign_task(embedded: EmbedResult, fitted: FitResult, work: str, config: Pip
 
 @task(name="export", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def export_task(prefix: str, items: IngestResult, embedded: EmbedResult, fitted: FitResult, assigned: AssignResult, run: dict[str, Any]) -> dict[str, Any]:
+    clock = Stopwatch()
     manifest = export(prefix=prefix, ingest=items, embed=embedded, fit=fitted, assign=assigned, run=run)
     get_run_logger().info("published %s: %s", prefix, manifest["counts"])
+    progress.finished("export", done=manifest["counts"]["ided"], seconds=clock.seconds, note="published")
     return manifest
 
 

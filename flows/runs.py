@@ -82,36 +82,52 @@ def summary_markdown(s: dict) -> str:
     )
 
 
-def inspect_run(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> str:
+def inspect_data(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> dict:
+    """What ``semid inspect`` shows, as data (``--json`` prints it as is): ``run_summary`` plus detail."""
     summary = run_summary(prefix)
     manifest = storage.read_json(storage.join(prefix, "manifest.json"))
     quality = storage.read_json(storage.join(prefix, "quality.json"))
-    c, ch = summary["counts"], summary["changes"]
-    lines = [
-        f"run        {manifest['catalog']}/{manifest['run_id']}  ({prefix})",
-        f"counts     input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']}",
-        f"quarantine {summary['quarantine_reasons']}",
-        f"changes    kept {ch['kept']}  new {ch['new']}  changed {ch['changed']}  removed {ch['removed']}  (prior run: {summary['prior_run'] or 'none'})",
-        f"recon      mse {quality['recon_mse']:.5f}  cosine {quality['recon_cosine']:.4f}",
-        f"codes      active per level {[lv['active_codes'] for lv in quality['levels']]}  perplexity {[round(lv['perplexity'], 1) for lv in quality['levels']]}",
-        f"ids        unique-tuple rate before disambiguation {quality['unique_tuple_rate']:.4f}, largest collision group {quality['largest_collision_group']}",
-        f"coherence  share of 10 nearest neighbours sharing the first 1/2 codes: {[round(v, 3) for v in quality.get('prefix_coherence', [])]}",
-        f"timings    {manifest['timings']}",
-        f"report     {storage.join(prefix, 'quality.html')}",
-    ]
     table = _ids_with_text(prefix)
     first = pc.list_element(table["codes"], 0)
     top = pc.value_counts(first).to_pylist()
     top.sort(key=lambda d: (-d["counts"], d["values"]))
+    groups = []
     for entry in top[:n_codes]:
-        code, count = entry["values"], entry["counts"]
-        rows = table.filter(pc.equal(first, code)).slice(0, per_code).to_pylist()
-        lines.append(f"\ntop-level code {code} ({count} items):")
-        lines.extend(f"  {r['sid']:<14} {r['item_id']:<12} {_short(r['text'])}" for r in rows)
+        rows = table.filter(pc.equal(first, entry["values"])).slice(0, per_code).select(["sid", "item_id", "text"]).to_pylist()
+        groups.append({"code": entry["values"], "items": entry["counts"], "examples": rows})
+    summary["quality"].update(
+        perplexity=[lv["perplexity"] for lv in quality["levels"]],
+        prefix_coherence=quality.get("prefix_coherence", []),
+    )
+    return {**summary, "timings": manifest["timings"], "top_codes": groups}
+
+
+def format_inspect(s: dict) -> str:
+    c, ch, q = s["counts"], s["changes"], s["quality"]
+    lines = [
+        f"run        {s['catalog']}/{s['run_id']}  ({s['prefix']})",
+        f"counts     input {c['input']} = ided {c['ided']} + quarantined {c['quarantined']}",
+        f"quarantine {s['quarantine_reasons']}",
+        f"changes    kept {ch['kept']}  new {ch['new']}  changed {ch['changed']}  removed {ch['removed']}  (prior run: {s['prior_run'] or 'none'})",
+        f"recon      mse {q['recon_mse']:.5f}  cosine {q['recon_cosine']:.4f}",
+        f"codes      active per level {q['active_codes']}  perplexity {[round(p, 1) for p in q['perplexity']]}",
+        f"ids        unique-tuple rate before disambiguation {q['unique_tuple_rate']:.4f}, largest collision group {q['largest_collision_group']}",
+        f"coherence  share of 10 nearest neighbours sharing the first 1/2 codes: {[round(v, 3) for v in q['prefix_coherence']]}",
+        f"timings    { {k: round(v, 1) for k, v in s['timings'].items()} }",
+        f"report     {s['report']}",
+    ]
+    for g in s["top_codes"]:
+        lines.append(f"top-level code {g['code']} ({g['items']} items):")
+        lines.extend(f"  {r['sid']:<14} {r['item_id']:<12} {_short(r['text'])}" for r in g["examples"])
     return "\n".join(lines)
 
 
-def similar_items(prefix: str, item_id: str, *, k: int = 10) -> str:
+def inspect_run(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> str:
+    return format_inspect(inspect_data(prefix, n_codes=n_codes, per_code=per_code))
+
+
+def similar_data(prefix: str, item_id: str, *, k: int = 10) -> dict:
+    """What ``semid similar`` shows, as data: the query and its k nearest items."""
     _published(prefix)
     table = _ids_with_text(prefix)
     ids = table["item_id"].to_pylist()
@@ -126,7 +142,22 @@ def similar_items(prefix: str, item_id: str, *, k: int = 10) -> str:
     vectors = sum(codebooks[level][torch.from_numpy(codes[:, level])] for level in range(L)).numpy()
     result = top_k_similar(query_index=query, codes=codes, vectors=vectors, k=k)
     texts, sids = table["text"].to_pylist(), table["sid"].to_pylist()
-    lines = [f"query      {sids[query]:<14} {item_id:<12} {_short(texts[query])}", "shared  distance  sid            item_id      text"]
-    for i, shared, dist in zip(result.indices, result.shared_prefix, result.distance):
-        lines.append(f"{shared:>6}  {dist:8.4f}  {sids[i]:<14} {ids[i]:<12} {_short(texts[i])}")
+    return {
+        "prefix": prefix,
+        "query": {"item_id": item_id, "sid": sids[query], "text": texts[query]},
+        "similar": [
+            {"item_id": ids[i], "sid": sids[i], "shared_prefix": int(shared), "distance": float(dist), "text": texts[i]}
+            for i, shared, dist in zip(result.indices, result.shared_prefix, result.distance)
+        ],
+    }
+
+
+def format_similar(d: dict) -> str:
+    q = d["query"]
+    lines = [f"query      {q['sid']:<14} {q['item_id']:<12} {_short(q['text'])}", "shared  distance  sid            item_id      text"]
+    lines.extend(f"{r['shared_prefix']:>6}  {r['distance']:8.4f}  {r['sid']:<14} {r['item_id']:<12} {_short(r['text'])}" for r in d["similar"])
     return "\n".join(lines)
+
+
+def similar_items(prefix: str, item_id: str, *, k: int = 10) -> str:
+    return format_similar(similar_data(prefix, item_id, k=k))

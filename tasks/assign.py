@@ -21,7 +21,7 @@ import torch
 
 from rqvae_core.ids import check_capacity, format_sid
 from rqvae_core.metrics import MetricsAccumulator, prefix_coherence
-from tasks import storage
+from tasks import progress, storage
 from tasks.config import PipelineConfig
 from tasks.embed import actor_fault_tolerance
 from tasks.fit import load_model, read_vectors
@@ -130,7 +130,10 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     )
     accumulator = MetricsAccumulator(n_levels=L, codebook_size=K)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("item_id", "text_hash", "codes", "distance", "last_residual", "sq_err")}
+    n_done = 0
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+        n_done += len(batch["item_id"])
+        progress.report("assign", n_done)
         accumulator.update_rows(sq_err=batch["sq_err"], abs_err=batch["abs_err"], cosine=batch["cosine"], dim=model.config.input_dim, codes=batch["codes"])
         for k in cols:
             cols[k].append(batch[k])

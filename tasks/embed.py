@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from tasks import storage
 from tasks.config import EmbedConfig
+from tasks import progress
 from tasks.logs import stage_logger
 from tasks.manifest import EmbedResult, IngestResult, completed, hash_of, run_stage, stage_dir
 
@@ -277,6 +278,7 @@ def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         hashes.append(np.asarray(batch["text_hash"]))
         vectors.append(np.asarray(batch["vector"], dtype=np.float32))
+        progress.report(STAGE, sum(len(h) for h in hashes), texts.num_rows)
     matrix = np.concatenate(vectors)
     out = pa.table({"text_hash": pa.array(np.concatenate(hashes).tolist(), pa.string()), "vector": _vectors_array(matrix)})
     if out.num_rows != texts.num_rows:

@@ -35,7 +35,7 @@ from ray.train.torch import TorchTrainer
 
 from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, fit, load_checkpoint, save_checkpoint
 from rqvae_core.train import EpochMetrics
-from tasks import storage
+from tasks import progress, storage
 from tasks.config import PipelineConfig
 from tasks.manifest import FitResult, hash_of, run_stage, stage_dir
 
@@ -124,6 +124,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:  # one progress line per epoch, forwarded to the driver's log
             print(f"fit epoch {metrics.epoch + 1}/{train.epochs}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
                   f"code usage {[round(u, 3) for u in metrics.code_usage]}", flush=True)
+            progress.worker_report("fit", metrics.epoch + 1, train.epochs, unit="epochs")
         if in_train:
             ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 

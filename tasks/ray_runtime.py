@@ -5,8 +5,9 @@
 * ``RAY_ADDRESS`` set  -> connect to that cluster (``auto``, ``host:port`` or ``ray://``);
 * Ray already running in this process -> reuse it and leave it running;
 * otherwise -> start a quiet local Ray of its own (never another process's;
-  no dashboard, no usage stats, no token auth warning) and shut it down again
-  on exit, whatever happens inside.
+  no dashboard, no usage stats, no token auth warning) in its own session
+  through ``tasks.ray_local``, and shut it down again on exit, whatever
+  happens inside (SIGKILL of this process included).
 
 Workers get one OpenMP/MKL thread each (``torch`` with more threads than cores
 is many times slower on small VMs) and offline Hugging Face access by default.
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from typing import Literal
 
 import ray
+
+from tasks import progress, ray_local
 
 # Read by the driver when it starts a local cluster; set before ray.init.
 _DRIVER_ENV_DEFAULTS = {
@@ -68,21 +71,23 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
             logging_level=logging.WARNING,
             log_to_driver=True,
         )
+        local = None
     else:
-        # "local": always a cluster of our own. Without it ray.init() joins any Ray already running on
-        # the host (another flow run's, a `ray start`), whose shutdown then kills this run's work.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-            runtime_env=runtime_env,
-        )
+        # A cluster of our own (the keeper uses address="local": ray.init() would otherwise join any Ray
+        # already running on the host, whose shutdown then kills this run's work).
+        local = ray_local.start(num_cpus)
+        try:
+            ray.init(address=local.address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=True)
+        except BaseException:
+            local.stop()
+            raise
+    progress.forward_worker_reports()
     try:
         yield
     finally:
         ray.shutdown()
+        if local is not None:
+            local.stop()
 
 
 def gpu_available() -> bool:
