@@ -128,14 +128,20 @@ def capture(console: Console, log_path: str) -> Iterator[None]:
     notebook) keep their streams; only the log file and handlers are added.
     ``-vv`` disables the capture (everything on the terminal, as without the CLI).
     """
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    console.log_file = log_path
     for key, value in CAPTURE_ENV.items():
         os.environ.setdefault(key, value)
+    try:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a", encoding="utf-8", buffering=1)
+    except OSError:  # an unusable --out is the run's error to report, not the log's: log elsewhere
+        log_path = default_log_path(Path(log_path).stem)
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a", encoding="utf-8", buffering=1)
+    console.log_file = log_path
     if console.verbose >= 2:
+        log.close()
         yield
         return
-    log = open(log_path, "a", encoding="utf-8", buffering=1)
     log.write(f"\n=== semid {' '.join(sys.argv[1:])} (pid {os.getpid()}) {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
     if _fd_backed(sys.stdout, 1) and _fd_backed(sys.stderr, 2):
         sys.stdout.flush()
@@ -229,8 +235,9 @@ class ProgressView(logging.Handler):
         start = self.started.setdefault(e.stage, now)
         if e.finished:
             seconds = e.seconds if e.seconds is not None else now - start
-            first = self.last.get(e.stage)
-            e = progress.ProgressEvent(stage=e.stage, done=e.done, total=e.done, unit=first.unit if first else e.unit, finished=True, seconds=seconds, note=e.note)
+            live = self.last.get(e.stage)  # what the stage counted while running (e.g. epochs) wins over the summary count
+            done, unit = (live.done, live.unit) if live is not None and live.done else (e.done, e.unit)
+            e = progress.ProgressEvent(stage=e.stage, done=done, total=done, unit=unit, finished=True, seconds=seconds, note=e.note)
             self.finished.append(e)
         self.last[e.stage] = e
         if self._bars is not None:
@@ -250,9 +257,11 @@ class ProgressView(logging.Handler):
 
 
 def format_stage_line(e: progress.ProgressEvent) -> str:
+    """``  embed      3,000 items      41.2s      73 items/s  items 3000, embedded 3000, cache_hits 0``"""
     seconds = e.seconds or 0.0
-    rate = f"  {e.done / seconds:,.0f} {e.unit}/s" if seconds >= 0.05 and e.done and "resumed" not in e.note else ""
-    return f"  {e.stage:<7} {seconds:6.1f}s{rate}  {e.note}".rstrip()
+    per_s = e.done / seconds if seconds >= 0.05 and e.done else 0.0
+    rate = f"{per_s:,.{0 if per_s >= 10 else 1 if per_s >= 1 else 2}f} {e.unit}/s" if per_s else ""
+    return f"  {e.stage:<7} {e.done:>9,} {e.unit:<7} {seconds:7.1f}s {rate:>16}  {e.note}".rstrip()
 
 
 def _is_tty(stream: TextIO) -> bool:

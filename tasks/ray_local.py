@@ -85,14 +85,15 @@ def kill_session(sid: int) -> None:
             if sid != os.getpgid(0):
                 os.killpg(sid, signal.SIGKILL)
         return
-    for _ in range(3):  # a worker may be forking while we kill: look again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # a worker may be forking while we kill: look again until none is left
         members = [p for p in session_members(sid) if p != me]
         if not members:
             return
         for pid in members:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- records
@@ -202,8 +203,11 @@ def _keep(num_cpus: int | None) -> None:
         sys.stdin.read()  # returns at EOF: the owner closed the pipe or died
     finally:
         # No graceful ray.shutdown(): the cluster holds nothing worth saving, and a hard
-        # kill of the whole session is quick and leaves no process behind.
+        # kill of the whole session is quick and leaves no process behind. os._exit skips
+        # Ray's atexit hook, which would wait on the GCS just killed.
         kill_session(os.getsid(0))
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -196,6 +196,7 @@ def start_run(
     sets: list[str] | None = None,
     env: dict[str, str] | None = None,
     tag: str | None = None,
+    extra_args: list[str] | None = None,
 ) -> Run:
     """Start ``semid run`` in a new session (its own process group); stdout+stderr go to a log file."""
     tag = tag or run_id
@@ -207,6 +208,7 @@ def start_run(
         cmd += ["--config", str(config)]
     for s in sets or []:
         cmd += ["--set", s]
+    cmd += extra_args or []
     fh = open(log, "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(home, env), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     fh.close()
@@ -228,7 +230,7 @@ def run_flow(tmp: Path, *, timeout: float = 300, **kwargs) -> tuple[int, str]:
 
 def _ps() -> list[tuple[int, int, int, str]]:
     """(pid, ppid, pgid, cmdline) of every process."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid=,args="], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,pgid=,args="], capture_output=True, text=True, check=True).stdout
     rows = []
     for line in out.splitlines():
         parts = line.split(None, 3)

@@ -43,13 +43,27 @@ def test_sigkill_of_semid_run_leaves_no_ray_process(tmp_path):
     config = h.write_config(tmp_path / "tiny.json")
     run = h.start_run(tmp_path, catalog=catalog, out=tmp_path / "out", run_id="killed", config=config)
     try:
-        procs = h.wait_for(lambda: cluster_with_a_worker(run.pid), timeout=300, interval=0.2, what="Ray with a worker", run=run)
+        seen: list[str] = []
+
+        def ready():
+            procs = cluster_with_a_worker(run.pid)
+            seen[:] = [args[:60] for args, _ in ray_processes(run.pid).values()]
+            return procs
+
+        try:
+            procs = h.wait_for(ready, timeout=300, interval=0.2, what="Ray with a worker", run=run)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nlast seen Ray processes: {seen}") from None
         keeper = {p for p, (args, _) in procs.items() if "raylet" in args}
         sessions = {os.getsid(p) for p in keeper}
         os.kill(run.pid, signal.SIGKILL)  # the semid process alone, as `kill -9 PID` does
         run.proc.wait(timeout=30)
         h.wait_for(lambda: not still_running(procs), timeout=60, interval=0.2, what="Ray's processes to exit after the SIGKILL")
-        assert not [p for sid in sessions for p in ray_local.session_members(sid)], "nothing is left in the Ray session"
+        left = lambda: [f"{p} {cmdline(p)[:80]}" for sid in sessions for p in ray_local.session_members(sid)]  # noqa: E731
+        try:
+            h.wait_for(lambda: not left(), timeout=30, interval=0.2, what="the Ray session to be empty")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {left()}") from None
     finally:
         h.kill_tree(run.pid)
 
