@@ -140,8 +140,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     log_file = args.log_file or run_log_path(args.out, name, run_id)
     with capture(console, log_file), show_run_logs(console), ProgressView(console):
         result = retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=config, prior_run=args.prior_run, retrain=args.retrain)
-    console.result({**result, "name": name, "run_id": run_id, "log_file": log_file}, _run_text)
-    console.info(f"log: {log_file}")
+    console.result({**result, "name": name, "run_id": run_id, "log_file": console.log_file}, _run_text)
+    console.info(f"log: {console.log_file}")
     return 0
 
 
