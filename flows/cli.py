@@ -130,11 +130,12 @@ def _config(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     config = _config(args)
-    from flows.retokenize import check_safe, default_name, default_run_id, retokenize
+    from flows.ops import slot_run_id
+    from flows.retokenize import check_safe, default_name, retokenize
 
     # Fail fast, before Prefect and Ray start: names that would leave the output prefix, an unusable --out.
     name = check_safe("catalog name", args.name if args.name is not None else default_name(args.catalog))
-    run_id = check_safe("run id", args.run_id if args.run_id is not None else default_run_id())
+    run_id = check_safe("run id", args.run_id if args.run_id is not None else slot_run_id())
     _check_out(args.out)
 
     log_file = args.log_file or run_log_path(args.out, name, run_id)
@@ -177,9 +178,9 @@ def _cmd_backfill(args: argparse.Namespace, console: Console) -> int:
     snapshots = expand_snapshots(args.snapshots)
     plan(snapshots, args.name)  # fail fast, before Prefect and Ray start: undated or duplicate snapshots
     _check_out(args.out)
-    from flows.retokenize import default_run_id
+    from flows.ops import slot_run_id
 
-    log_file = args.log_file or run_log_path(args.out, "", f"backfill-{default_run_id()}")
+    log_file = args.log_file or run_log_path(args.out, "", f"backfill-{slot_run_id()}")
     with capture(console, log_file), show_run_logs(console):  # no per-stage lines: catalogs run in parallel
         try:
             rows = backfill(snapshots=snapshots, out=args.out, name=args.name, config=config, prior_run=args.prior_run, max_parallel=args.parallel)
