@@ -12,15 +12,20 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install test demo bench clean
 
+# pip's and setuptools' chatter goes to $(INSTALL_LOG); it is printed only when the install fails.
+INSTALL_LOG := $(VENV)/install.log
+QUIETLY = >>$(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); exit 1; }
+
 $(BIN)/python:
-	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@echo "installing into $(VENV) (log: $(INSTALL_LOG))"
+	@$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip $(QUIETLY)
 
 # torch first, pinned: any other spec pulls a multi-GB CUDA build on this box.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	touch $(STAMP)
+	@$(BIN)/pip install -q torch==2.13.0 $(QUIETLY)
+	@$(BIN)/pip install -q -e ".[dev]" $(QUIETLY)
+	@touch $(STAMP)
 
 install: $(STAMP)
 

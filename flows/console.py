@@ -231,12 +231,15 @@ class ProgressView(logging.Handler):
             self.handleError(record)
 
     def _show(self, e: progress.ProgressEvent) -> None:
+        if not e.finished and any(f.stage == e.stage for f in self.finished):
+            return  # a worker's line forwarded after its stage finished
         now = time.monotonic()
         start = self.started.setdefault(e.stage, now)
         if e.finished:
             seconds = e.seconds if e.seconds is not None else now - start
-            live = self.last.get(e.stage)  # what the stage counted while running (e.g. epochs) wins over the summary count
-            done, unit = (live.done, live.unit) if live is not None and live.done else (e.done, e.unit)
+            # The final count wins; a stage that counted other units while running (and says none now) keeps those.
+            live = self.last.get(e.stage)
+            done, unit = (live.done, live.unit) if live is not None and live.done and live.unit != e.unit else (e.done, e.unit)
             e = progress.ProgressEvent(stage=e.stage, done=done, total=done, unit=unit, finished=True, seconds=seconds, note=e.note)
             self.finished.append(e)
         self.last[e.stage] = e

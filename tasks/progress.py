@@ -55,11 +55,14 @@ def finished(stage: str, *, done: int, unit: str = "items", seconds: float | Non
 def stage_done(result) -> None:
     """A stage finished: one event from its typed result (``tasks.manifest.StageResult``: counts, seconds, resumed)."""
     counts = result.summary()
-    done = next((counts[k] for k in ("input", "items", "ided") if k in counts), next(iter(counts.values()), 0))
+    if "epochs_run" in counts:
+        done, unit = counts["epochs_run"], "epochs"
+    else:
+        done, unit = next((counts[k] for k in ("input", "items", "ided") if k in counts), next(iter(counts.values()), 0)), "items"
     note = ", ".join(f"{k} {v}" for k, v in counts.items())
     if result.resumed:
         note = f"resumed ({note})" if note else "resumed"
-    finished(result.stage, done=done, seconds=0.0 if result.resumed else float(result.seconds), note=note)
+    finished(result.stage, done=done, unit=unit, seconds=0.0 if result.resumed else float(result.seconds), note=note)
 
 
 def worker_report(stage: str, done: int, total: int | None = None, *, unit: str = "items") -> None:
