@@ -114,8 +114,9 @@ class EvalResult:
     steps: int  # optimiser steps taken
     best_step: int  # step of the checkpoint that was scored
     stopped: str  # "budget" | "early_stop" | "time_budget"
-    train_seconds: float
-    eval_seconds: float
+    train_seconds: float  # wall time of the training loop, validation passes excluded
+    eval_seconds: float  # wall time of all beam searches (validation passes + final validation and test)
+    cpu_seconds: float  # process CPU time of the whole call: the cost on a shared machine
     n_users: int
     n_train_examples: int
     device: str
@@ -131,6 +132,7 @@ class EvalResult:
             "stopped": self.stopped,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
+            "cpu_seconds": self.cpu_seconds,
             "n_users": self.n_users,
             "n_train_examples": self.n_train_examples,
             "device": self.device,
@@ -263,7 +265,7 @@ def evaluate_ids(
     curve: list[CurvePoint] = []
     best = (-math.inf, 0, copy.deepcopy(model.state_dict()))
     since_best, step, losses, stopped = 0, 0, [], "budget"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     eval_time = 0.0
     while True:
         idx = next(batches)[rank::world]
@@ -328,6 +330,7 @@ def evaluate_ids(
         stopped=stopped,
         train_seconds=round(train_seconds, 3),
         eval_seconds=round(eval_time + time.perf_counter() - te, 3),
+        cpu_seconds=round(time.process_time() - cpu0, 3),
         n_users=data.n_users,
         n_train_examples=n_train,
         device=device,
