@@ -225,19 +225,21 @@ def evaluate_ids(
     config: EvalConfig,
     seed: int,
     log: Callable[[str], None] | None = None,
+    ddp: bool | None = None,
 ) -> EvalResult:
     """Train a retriever on ``ids`` from scratch and score it on all users (see the module docstring).
 
     ``sequences`` may be a :class:`PreparedData` from :func:`prepare` to share the split across seeds.
-    Under ``torch.distributed`` (a Ray Train worker with several workers) the model is wrapped in DDP,
-    each rank trains on its share of every batch schedule, and rank 0 evaluates; the result is the same
-    type on every rank (only rank 0's is meaningful).
+    ``ddp``: train data-parallel over the ``torch.distributed`` group (None: whenever one is
+    initialised, as in a Ray Train worker). Then each rank trains on its share of every batch and
+    rank 0 evaluates; every rank returns a result, only rank 0's holds metrics.
     """
     log = log or (lambda _msg: None)
     data = sequences if isinstance(sequences, PreparedData) else prepare(ids, sequences, max_history=config.max_history)
     split = data.split
     device = resolve_device(config.device)
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    dist = dist if ddp is None else (ddp and dist)
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
 
     torch.manual_seed(seed)

@@ -1,0 +1,204 @@
+"""The evaluation stage: IO around the engine (read a published run, build baselines, train via Ray Train, write).
+
+* :func:`load_run_ids` reads ``<run>/semantic_ids`` and the run's L and K.
+* :func:`build_baselines` gets the run's vectors by calling the embed stage on
+  the run's ``items/`` with the run's embed config and the output root's
+  embedding cache (``<out>/_cache/embeddings``: unchanged items are never
+  re-embedded), then builds residual k-means / random IDs (:mod:`.baselines`).
+* :func:`train_and_score` runs :func:`tasks.evaluate.engine.evaluate_ids` for
+  every (ID set, seed) inside one Ray Train ``TorchTrainer`` (GPU when the
+  cluster has one). With ``num_workers`` > 1 the independent (ID set, seed)
+  jobs are spread over the workers (``parallel="jobs"``: two cores, two jobs at
+  once) or each job trains data-parallel on all of them (``parallel="ddp"``);
+  rank 0 gathers the results and returns them as JSON in its checkpoint.
+* :func:`write_evaluation` writes ``evaluation.json``, ``evaluation.html`` and
+  ``_SUCCESS`` last under ``<run>/eval/<eval_id>/`` (local or s3://).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tasks import storage
+from tasks.evaluate.baselines import baseline_ids
+from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, evaluate_ids, prepare
+from tasks.evaluate.interactions import Sequences
+from tasks.evaluate.report import render_html
+
+SUCCESS = "_SUCCESS"
+RESULTS = "results.json"
+
+
+class RunNotEvaluable(ValueError):
+    """The run prefix is not a finished run with semantic IDs (or its parameters are unreadable)."""
+
+
+@dataclass(frozen=True)
+class RunIds:
+    ids: IdSet
+    n_levels: int  # L (the IDs have L + 1 codes)
+    manifest: dict[str, Any]
+
+
+def load_run_ids(run_prefix: str) -> RunIds:
+    if not storage.exists(storage.join(run_prefix, SUCCESS)):
+        raise RunNotEvaluable(f"{run_prefix} is not a finished run (no _SUCCESS)")
+    manifest = storage.read_json(storage.join(run_prefix, "manifest.json"))
+    table = storage.read_parquet(storage.join(run_prefix, "semantic_ids"))
+    codes = np.array(table["codes"].to_pylist(), dtype=np.int64)
+    params = manifest.get("params", {})
+    k = int(params.get("model", {}).get("codebook_size", int(codes.max()) + 1))
+    name = f"run:{manifest.get('catalog', '?')}/{manifest.get('run_id', '?')}"
+    ids = IdSet.from_codes(name=name, item_ids=table["item_id"].to_pylist(), codes=codes, codebook_size=k)
+    return RunIds(ids=ids, n_levels=codes.shape[1] - 1, manifest=manifest)
+
+
+def output_root(run_prefix: str) -> str:
+    """``<out>`` of a run published at ``<out>/<catalog>/<run_id>``."""
+    if storage.is_s3(run_prefix):
+        return run_prefix.rstrip("/").rsplit("/", 2)[0]
+    return str(Path(run_prefix).resolve().parent.parent)
+
+
+def run_vectors(run_prefix: str, manifest: dict[str, Any], *, work_uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(item_ids, vectors, embed counts) for the run's items, via the embed stage and the run's embedding cache."""
+    from tasks.config import EmbedConfig
+    from tasks.embed import embed
+
+    params = manifest.get("params", {})
+    if params.get("ingest", {}).get("embedding_column"):
+        raise RunNotEvaluable(f"{run_prefix} was built from the catalog's own vectors, which a run does not keep; "
+                              "baselines need them: use --baselines none")
+    saved = params.get("embed", {})
+    config = EmbedConfig(**{k: v for k, v in saved.items() if k in EmbedConfig.model_fields})
+    cache = storage.join(output_root(run_prefix), "_cache", "embeddings")
+    done = embed(items_uri=storage.join(run_prefix, "items"), work_uri=work_uri, cache_uri=cache, config=config)
+    table = storage.read_parquet(done.embeddings)
+    vectors = np.asarray(table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    counts = {"items": done.items, "embedded": done.embedded, "cache_hits": done.cache_hits}
+    return np.asarray(table["item_id"].to_pylist()), vectors.reshape(table.num_rows, -1), counts
+
+
+def build_baselines(run: RunIds, run_prefix: str, names: list[str], *, seed: int, work_uri: str) -> tuple[list[IdSet], dict[str, Any]]:
+    if not names:
+        return [], {}
+    item_ids, vectors, counts = run_vectors(run_prefix, run.manifest, work_uri=work_uri)
+    keep = np.isin(item_ids, run.ids.item_ids)  # only items that carry a run ID (quarantined ones have no vector here anyway)
+    item_ids, vectors = item_ids[keep], vectors[keep]
+    sets = [baseline_ids(n, item_ids, vectors, n_levels=run.n_levels, codebook_size=run.ids.codebook_size, seed=seed) for n in names]
+    return sets, {"embed_counts": counts, "n_items": int(item_ids.shape[0]), "dim": int(vectors.shape[1])}
+
+
+def ids_hash(ids: IdSet) -> str:
+    order = np.argsort(ids.item_ids, kind="stable")
+    h = hashlib.sha256()
+    h.update("\n".join(ids.item_ids[order].tolist()).encode())
+    h.update(np.ascontiguousarray(ids.codes[order], dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- Ray Train
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker: the in-process engine, one (ID set, seed) job after another."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+
+    torch.set_num_threads(1)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    config = EvalConfig.from_dict(loop_config["config"])
+    ddp = loop_config["parallel"] == "ddp"
+    id_sets, seeds = loop_config["id_sets"], loop_config["seeds"]
+    jobs = [(i, s) for i in range(len(id_sets)) for s in seeds]
+    mine = jobs if ddp else jobs[rank::world]
+    results: list[tuple[int, dict]] = []
+    prepared: dict[int, Any] = {}
+    for j, (i, seed) in enumerate(jobs):
+        if (i, seed) not in mine:
+            continue
+        if i not in prepared:
+            prepared = {i: prepare(id_sets[i], loop_config["sequences"], max_history=config.max_history)}
+        log = (lambda m: print(f"[worker {rank}] {m}", flush=True)) if (rank == 0 or not ddp) else None
+        results.append((j, evaluate_ids(id_sets[i], prepared[i], config=config, seed=seed, log=log, ddp=ddp).to_dict()))
+    if not ddp and world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    if rank == 0:
+        ordered = [r for _, r in sorted(results, key=lambda jr: jr[0])]
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, RESULTS).write_text(json.dumps(ordered))
+            ray.train.report({"done": len(ordered)}, checkpoint=Checkpoint.from_directory(d))
+    else:
+        ray.train.report({"done": len(results)})
+
+
+def train_and_score(
+    id_sets: list[IdSet], sequences: Sequences, *, config: EvalConfig, seeds: list[int], num_workers: int = 1,
+    use_gpu: bool | None = None, parallel: str = "jobs",
+) -> list[EvalResult]:
+    """Every (ID set, seed) through Ray Train, results in (ID set, seed) order.
+
+    ``use_gpu=None``: when the Ray cluster has a GPU. ``parallel``: "jobs" spreads the jobs over
+    the workers, "ddp" trains each job data-parallel on all workers.
+    """
+    if parallel not in ("jobs", "ddp"):
+        raise ValueError(f"parallel must be 'jobs' or 'ddp', got {parallel!r}")
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if use_gpu is None:
+        use_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    resources = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+    with tempfile.TemporaryDirectory(prefix="semid-eval-") as storage_path:
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={"id_sets": id_sets, "sequences": sequences, "seeds": list(seeds), "config": config.to_dict(), "parallel": parallel},
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(name="evaluate", storage_path=storage_path),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError("evaluation training finished without results")
+        with result.checkpoint.as_directory() as d:
+            return [EvalResult.from_dict(r) for r in json.loads(Path(d, RESULTS).read_text())]
+
+
+def train_and_score_in_process(id_sets: list[IdSet], sequences: Sequences, *, config: EvalConfig, seeds: list[int], log: Callable[[str], None] | None = None) -> list[EvalResult]:
+    """The same jobs without Ray (scripts, benchmarks)."""
+    out = []
+    for ids in id_sets:
+        data = prepare(ids, sequences, max_history=config.max_history)
+        out.extend(evaluate_ids(ids, data, config=config, seed=s, log=log) for s in seeds)
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_evaluation(eval_uri: str, payload: dict[str, Any]) -> str:
+    """evaluation.json, evaluation.html, then _SUCCESS (readers trust only a folder that has it)."""
+    storage.remove(eval_uri)  # a half-written earlier attempt of this eval id
+    storage.write_json(storage.join(eval_uri, "evaluation.json"), payload)
+    storage.write_bytes(storage.join(eval_uri, "evaluation.html"), render_html(payload).encode())
+    storage.write_bytes(storage.join(eval_uri, SUCCESS), b"")
+    return eval_uri
+
+
+def file_sha256(uri: str) -> str:
+    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+
+

@@ -1,0 +1,83 @@
+"""`semid evaluate` end to end on a tiny published run: Ray Train, real embeddings (cached), outputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+
+from flows.cli import EVAL_DEFAULT_STEPS, main
+from flows.evaluate import DEFAULT_STEPS
+from flows.retokenize import retokenize
+from tasks.config import PipelineConfig
+from tasks.sample_catalog import write_sample_catalog
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A published run of 150 synthetic products and user sequences that stay within one category."""
+    root = tmp_path_factory.mktemp("evalrun")
+    catalog = root / "shop.csv"
+    write_sample_catalog(out_path=str(catalog), n=150, seed=4)
+    retokenize(catalog=str(catalog), out=str(root / "out"), run_id="r1", config=PipelineConfig.model_validate(TINY))
+    t = pacsv.read_csv(catalog)
+    items = np.array(t["item_id"].to_pylist())
+    cats = np.array([c.split(" > ")[0] for c in t["categories"].to_pylist()])
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(80):
+        pool = items[cats == cats[rng.integers(len(items))]]
+        seq = list(rng.choice(pool, min(len(pool), int(rng.integers(4, 8))), replace=False))
+        if u < 3:
+            seq.insert(1, f"GHOST{u}")  # not in the run: reported and dropped
+        lines.append(f"user{u} " + " ".join(seq))
+    inter = root / "user_sequence.txt"
+    inter.write_text("\n".join(lines) + "\n")
+    return str(root / "out" / "shop" / "r1"), str(inter)
+
+
+def test_cli_evaluates_run_and_baselines_on_two_ray_train_workers(tiny_run, capsys):
+    prefix, inter = tiny_run
+    args = ["evaluate", prefix, "--interactions", inter, "--steps", "6", "--seeds", "0", "--eval-id", "e1",
+            "--batch-size", "16", "--eval-every", "3", "--val-users", "20", "--beam", "5", "--num-workers", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "rkmeans" in out and "random" in out and "GHOST0" in out and "recall@10 run:shop/r1 / rkmeans" in out
+    folder = Path(prefix) / "eval" / "e1"
+    assert (folder / "_SUCCESS").exists()
+    ev = json.loads((folder / "evaluation.json").read_text())
+    assert sorted(ev["id_sets"]) == ["random", "rkmeans", "run:shop/r1"]
+    for v in ev["id_sets"].values():
+        assert v["steps"] == [6] and v["n_users"] == 80 and len(v["sha256"]) == 64
+        assert set(v["test"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+        assert 0 <= v["test"]["recall@10"]["mean"] <= 1 and v["test"]["recall@10"]["se"] >= 0
+        assert [p["step"] for p in v["runs"][0]["curve"]] == [3, 6]
+        assert v["dropped"]["unknown_items"] == 3 and v["dropped"]["unknown_examples"] == ["GHOST0", "GHOST1", "GHOST2"]
+    assert len({v["sha256"] for v in ev["id_sets"].values()}) == 3
+    assert ev["interactions"]["users"] == 80 and len(ev["interactions"]["sha256"]) == 64
+    assert ev["config"]["seeds"] == [0] and ev["config"]["steps"] == 6 and ev["config"]["num_workers"] == 2
+    assert ev["baseline_vectors"]["embed_counts"]["embedded"] == 0, "the run's embedding cache serves every item"
+    page = (folder / "evaluation.html").read_text()
+    assert "<svg" in page and "rkmeans" in page and "NDCG@10" in page
+    # an eval id is written once
+    assert main(args) == 2 and "already holds a finished evaluation" in capsys.readouterr().err
+
+
+def test_bad_interactions_exit_2_before_any_training(tiny_run, tmp_path, capsys):
+    prefix, _ = tiny_run
+    bad = tmp_path / "bad.txt"
+    bad.write_text("user1 P000001 P000002\nuser2\n")
+    assert main(["evaluate", prefix, "--interactions", str(bad), "--eval-id", "bad"]) == 2
+    err = capsys.readouterr().err
+    assert "InteractionsError" in err and "bad.txt:2" in err
+    assert not (Path(prefix) / "eval" / "bad").exists()
+
+
+def test_cli_budget_options(tmp_path, capsys):
+    assert EVAL_DEFAULT_STEPS == DEFAULT_STEPS
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(tmp_path), "--interactions", "x.txt", "--steps", "5", "--time-budget", "9"])
+    assert e.value.code == 2
