@@ -77,9 +77,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "out" / "bench_quality"), help="output root for the pipeline run (default out/bench_quality)")
     ap.add_argument("--run", help="evaluate this published run instead of running the pipeline")
+    ap.add_argument("--catalog", default=str(DATA / "Amazon_Beauty.item"), help="catalog for the pipeline run (default Beauty)")
+    ap.add_argument("--interactions", default=str(DATA / "user_sequence.txt"), help="user sequences (default Beauty's user_sequence.txt)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="pipeline config override (repeatable)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per ID set and seed (default {DEFAULT_STEPS})")
     ap.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
+    ap.add_argument("--num-workers", type=int, default=2, help="Ray Train workers; the (ID set, seed) jobs are spread over them (default 2)")
     ap.add_argument("--in-process", action="store_true", help="train without Ray Train (same engine)")
     args = ap.parse_args()
 
@@ -95,12 +98,13 @@ def main() -> int:
     prefix = args.run
     if prefix is None:
         run_id = time.strftime("bench%Y%m%dT%H%M%S", time.gmtime())
-        retokenize(catalog=str(DATA / "Amazon_Beauty.item"), out=args.out, name="Amazon_Beauty", run_id=run_id, config=load_config(None, args.overrides))
-        prefix = str(Path(args.out) / "Amazon_Beauty" / run_id)
+        name = Path(args.catalog).name.split(".")[0]
+        retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=load_config(None, args.overrides))
+        prefix = str(Path(args.out) / name / run_id)
     pipeline_s = time.perf_counter() - t0
     seeds = [int(s) for s in args.seeds.split(",")]
-    payload = evaluate(EvaluateParams(run=prefix, interactions=str(DATA / "user_sequence.txt"), baselines=["rkmeans", "random"],
-                                      steps=args.steps, seeds=seeds, in_process=args.in_process))
+    payload = evaluate(EvaluateParams(run=prefix, interactions=args.interactions, baselines=["rkmeans", "random"],
+                                      steps=args.steps, seeds=seeds, num_workers=args.num_workers, in_process=args.in_process))
     print(f"\nrun {prefix} (pipeline {pipeline_s:.0f} s); evaluation {payload['eval_id']} ({payload['wall_seconds']:.0f} s), "
           f"{payload['n_users']} users, seeds {seeds}, {args.steps} steps x batch {payload['config']['batch_size']}, torch {torch.get_num_threads()} thread(s)\n")
     rows = [["ID set", "R@5", "R@10", "N@5", "N@10", "steps", "train s", "eval s", "cpu s"]]

@@ -160,9 +160,16 @@ def train_and_score(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    cluster = ray.cluster_resources()
+    gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     if use_gpu is None:
-        use_gpu = bool(ray.cluster_resources().get("GPU", 0))
-    resources = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+        use_gpu = gpus > 0
+    # More workers than devices would wait forever: share them (jobs are independent), but DDP needs one each.
+    if use_gpu and parallel == "ddp" and num_workers > gpus:
+        raise ValueError(f"parallel='ddp' with {num_workers} workers needs {num_workers} GPUs; the cluster has {gpus:g}")
+    resources = {"CPU": min(1.0, cpus / num_workers)}
+    if use_gpu:
+        resources["GPU"] = min(1.0, gpus / num_workers)
     with tempfile.TemporaryDirectory(prefix="semid-eval-") as storage_path:
         trainer = TorchTrainer(
             _train_loop,
