@@ -167,7 +167,7 @@ def backfill(
     name: str | None = None,
     config: PipelineConfig = PipelineConfig(),
     prior_run: str | None = None,
-    max_parallel: int = 2,
+    max_parallel: int = 1,
 ) -> list[dict[str, Any]]:
     """Backfill dated snapshots: per catalog in date order, each chained to the previous; catalogs in parallel.
 
