@@ -1,4 +1,4 @@
-"""``semid``: the one console script. Subcommands: run, validate, backfill, sample, inspect, similar.
+"""``semid``: the one console script. Subcommands: run, validate, backfill, sample, inspect, similar, evaluate.
 
 Terminal output is the CLI's own (progress per stage, a summary, one line per error);
 everything Ray and Prefect print goes to a log file (see ``flows/console.py``).
@@ -103,7 +103,34 @@ def _parser() -> argparse.ArgumentParser:
     similar.add_argument("item_id", help="the query item's id")
     similar.add_argument("-k", type=int, default=10, help="number of similar items (default 10)")
     add_output_options(similar)
+    _add_evaluate(sub)
     return p
+
+
+EVAL_DEFAULT_STEPS = 600  # flows.evaluate.DEFAULT_STEPS (a test keeps them equal; importing the flow here would slow every --help)
+
+
+def _add_evaluate(sub) -> None:
+    ev = sub.add_parser("evaluate", help="score a run's IDs with a generative retriever, against baselines",
+                        description="TIGER protocol: leave-one-out on user sequences, a small T5 trained from scratch to generate the next "
+                                    "item's ID, beam search constrained to valid IDs, Recall/NDCG@5/10 over all users. Writes RUN/eval/EVAL_ID/.")
+    ev.add_argument("run", metavar="RUN_PREFIX", help="a published run prefix OUT/NAME/RUN_ID (local or s3://)")
+    ev.add_argument("--interactions", required=True, help="user sequences: a user_sequence.txt-style file (user then items in time order per line) or a .parquet/.csv/.tsv table with user_id, item_id, timestamp")
+    ev.add_argument("--baselines", default="rkmeans,random", help="comma-separated baseline ID sets built from the run's embeddings: rkmeans, random; 'none' for none (default rkmeans,random)")
+    budget = ev.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help=f"training steps per ID set and seed (default {EVAL_DEFAULT_STEPS})")
+    budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="training seconds per ID set and seed, instead of --steps")
+    ev.add_argument("--seeds", default="0,1", help="comma-separated training seeds; metrics are averaged over them (default 0,1)")
+    ev.add_argument("--eval-id", help="output folder name under RUN_PREFIX/eval/ (default: UTC timestamp)")
+    ev.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    ev.add_argument("--beam", type=int, default=20, help="beam width = length of the ranked list (default 20)")
+    ev.add_argument("--eval-every", type=int, default=200, help="steps between validation passes for early stopping (default 200)")
+    ev.add_argument("--val-users", type=int, default=1000, help="validation users scored during training (a fixed sample; default 1000)")
+    ev.add_argument("--num-workers", type=int, default=1, help="Ray Train workers, one CPU (or GPU) each; the (ID set, seed) jobs are spread over them (default 1)")
+    ev.add_argument("--ddp", action="store_true", help="with --num-workers > 1: train each job data-parallel on all workers instead of spreading the jobs")
+    ev.add_argument("--in-process", action="store_true", help="train in this process instead of through Ray Train (same engine)")
+    ev.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: under $SEMID_LOG_DIR or the temp dir)")
+    add_output_options(ev)
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -237,12 +264,52 @@ def _cmd_similar(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
+    import datetime as dt
+
+    from flows.console import default_log_path
+    from flows.evaluate import EvaluateParams, evaluate
+    from flows.retokenize import check_safe
+
+    baselines = [] if args.baselines.strip().lower() in ("", "none") else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as e:
+        raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from e
+    eval_id = check_safe("eval id", args.eval_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    params = EvaluateParams(
+        run=args.run, interactions=args.interactions, baselines=baselines, steps=args.steps, time_budget_s=args.time_budget,
+        seeds=seeds, eval_id=eval_id, batch_size=args.batch_size, beam=args.beam, eval_every=args.eval_every,
+        val_users=args.val_users, num_workers=args.num_workers, parallel="ddp" if args.ddp else "jobs", in_process=args.in_process,
+    )
+    with capture(console, args.log_file or default_log_path(f"evaluate-{eval_id}")), show_run_logs(console):
+        payload = evaluate(params)
+    console.result(payload, _evaluate_text)
+    console.info(f"log: {console.log_file}")
+    return 0
+
+
+def _evaluate_text(payload: dict) -> str:
+    from tasks import storage
+    from tasks.evaluate.report import text_table
+
+    lines = [text_table(payload)]
+    for name, v in payload["id_sets"].items():
+        d = v["dropped"]
+        if d["unknown_interactions"] or d["short_users"]:
+            lines.append(f"{name}: dropped {d['unknown_interactions']} interactions with {d['unknown_items']} unknown items "
+                         f"(e.g. {', '.join(d['unknown_examples'])}); {d['short_users']} users with < 3 items")
+    lines.append(f"evaluation: {storage.join(payload['run'], 'eval', payload['eval_id'])}")
+    return "\n".join(lines)
+
+
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-HANDLERS = {"run": _cmd_run, "validate": _cmd_validate, "backfill": _cmd_backfill, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar}
+HANDLERS = {"run": _cmd_run, "validate": _cmd_validate, "backfill": _cmd_backfill, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar,
+            "evaluate": _cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
