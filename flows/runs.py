@@ -98,6 +98,7 @@ def inspect_data(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> dict:
     summary["quality"].update(
         perplexity=[lv["perplexity"] for lv in quality["levels"]],
         prefix_coherence=quality.get("prefix_coherence", []),
+        baseline=quality.get("baseline"),
     )
     return {**summary, "timings": manifest["timings"], "top_codes": groups}
 
@@ -112,7 +113,8 @@ def format_inspect(s: dict) -> str:
         f"recon      mse {q['recon_mse']:.5f}  cosine {q['recon_cosine']:.4f}",
         f"codes      active per level {q['active_codes']}  perplexity {[round(p, 1) for p in q['perplexity']]}",
         f"ids        unique-tuple rate before disambiguation {q['unique_tuple_rate']:.4f}, largest collision group {q['largest_collision_group']}",
-        f"coherence  share of 10 nearest neighbours sharing the first 1/2 codes: {[round(v, 3) for v in q['prefix_coherence']]}",
+        f"coherence  share of 10 nearest neighbours sharing the first 1..L codes: {[round(v, 3) for v in q['prefix_coherence']]}",
+        *_baseline_lines(q.get("baseline")),
         f"timings    { {k: round(v, 1) for k, v in s['timings'].items()} }",
         f"report     {s['report']}",
     ]
@@ -120,6 +122,20 @@ def format_inspect(s: dict) -> str:
         lines.append(f"top-level code {g['code']} ({g['items']} items):")
         lines.extend(f"  {r['sid']:<14} {r['item_id']:<12} {_short(r['text'])}" for r in g["examples"])
     return "\n".join(lines)
+
+
+def _baseline_lines(b: dict | None) -> list[str]:
+    if not b:
+        return []
+    run, rk = b["run"], b["residual_kmeans"]
+    lines = [
+        f"baseline   residual k-means on the same {b['n_items']} items: coherence {[round(v, 3) for v in rk['prefix_coherence']]} "
+        f"(this run {[round(v, 3) for v in run['prefix_coherence']]}), distinct prefixes {rk['distinct_prefixes']} "
+        f"(this run {run['distinct_prefixes']}), recon mse {rk['recon_mse']:.5f} (this run {run['recon_mse']:.5f})",
+    ]
+    if b.get("warning"):
+        lines.append(f"WARNING    {b['warning']}")
+    return lines
 
 
 def inspect_run(prefix: str, *, n_codes: int = 3, per_code: int = 4) -> str:

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from rqvae_core.ids import check_capacity, format_sid
-from rqvae_core.metrics import MetricsAccumulator, prefix_coherence
+from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans
 from tasks import progress, storage
 from tasks.config import PipelineConfig
 from tasks.embed import actor_fault_tolerance
@@ -193,14 +193,19 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
 
     sample = np.sort(np.random.default_rng(0).permutation(n)[: min(n, 20_000)])
     vectors = _sample_vectors(embeddings_uri, set(data["item_id"][sample].tolist()))
-    coherence = prefix_coherence(vectors=vectors, codes=data["codes"][sample], k=10, n_queries=min(2000, len(sample)), seed=0, levels=min(2, L)) if n > 1 else []
-    metrics = accumulator.finalize(prefix_coherence=coherence).to_dict()
+    # The run's codes beside residual k-means on the same sampled embeddings (issue 8: IDs are the product).
+    baseline = compare_with_residual_kmeans(
+        vectors=vectors, codes=data["codes"][sample], recon_sq_err=data["sq_err"][sample], codebook_size=K,
+        n_queries=min(2000, len(sample)), seed=0,
+    )
+    metrics = accumulator.finalize(prefix_coherence=baseline["run"]["prefix_coherence"]).to_dict()
     per_item_mse = data["sq_err"] / model.config.input_dim
     counts_, edges = np.histogram(per_item_mse, bins=30)
     quality = {
         **metrics,
         "recon_error_histogram": {"edges": edges.tolist(), "counts": counts_.tolist()},
         "final_ids": {"unique": True, "n_moved": int(n_moved), "id_length": L + 1, "n_ids": n},
+        "baseline": baseline,
     }
     if changes is not None:
         status = pc.value_counts(changes["status"]).to_pylist()

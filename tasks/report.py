@@ -124,6 +124,24 @@ def _plot_training(history: list[dict[str, Any]]) -> str:
     return _png(fig, "training curves")
 
 
+def _baseline_section(baseline: dict[str, Any] | None) -> list[str]:
+    """The run's IDs beside residual k-means on the same embeddings, with the warning when they trail it."""
+    if not baseline:
+        return []
+    run, rk = baseline["run"], baseline["residual_kmeans"]
+    rows: list[list[Any]] = []
+    for depth, (a, b) in enumerate(zip(run["prefix_coherence"], rk["prefix_coherence"]), start=1):
+        rows.append([f"prefix coherence, depth {depth}", a, b])
+    for depth, (a, b) in enumerate(zip(run["distinct_prefixes"], rk["distinct_prefixes"]), start=1):
+        rows.append([f"distinct prefixes, depth {depth}", a, b])
+    rows.append(["recon MSE", run["recon_mse"], rk["recon_mse"]])
+    out = [f"<h2>Against residual k-means (same {baseline['n_items']:,} items, same embeddings)</h2>"]
+    if baseline.get("warning"):
+        out.append(f'<p style="color:#a00"><b>Warning:</b> {_e(baseline["warning"])}</p>')
+    out.append(_table(["metric", "this run", "residual k-means"], rows))
+    return out
+
+
 def render_quality_html(quality: dict[str, Any]) -> str:
     """A self-contained HTML page for one run's quality report."""
     run = quality.get("run") or {}
@@ -159,6 +177,7 @@ def render_quality_html(quality: dict[str, Any]) -> str:
         "<h2>Headline</h2>",
         _table(["metric", "value"], [r for r in rows if r[1] is not None]),
     ]
+    parts += _baseline_section(quality.get("baseline"))
     if levels:
         parts += [
             "<h2>Per level</h2>",

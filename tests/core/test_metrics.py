@@ -190,3 +190,29 @@ def test_corpus_metrics_end_to_end_and_json():
     assert back["n_items"] == 320
     assert len(back["levels"][0]["counts"]) == 8
     assert sum(int(s) * g for s, g in back["collision_group_sizes"].items()) == 320
+
+
+def test_distinct_prefixes_counts_each_depth():
+    from rqvae_core.metrics import distinct_prefixes
+
+    codes = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 2], [1, 1, 2]])
+    assert distinct_prefixes(codes) == [2, 3, 4]
+
+
+def test_comparison_with_residual_kmeans_flags_codes_that_ignore_neighbourhoods():
+    from rqvae_core.kmeans import residual_kmeans
+    from rqvae_core.metrics import compare_with_residual_kmeans
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(16, 8)) * 4
+    x = (centres[rng.integers(16, size=800)] + rng.normal(size=(800, 8))).astype(np.float32)
+    sq_err = np.full(800, 8.0)
+    random_codes = rng.integers(0, 16, size=(800, 2))
+    bad = compare_with_residual_kmeans(vectors=x, codes=random_codes, recon_sq_err=sq_err, codebook_size=16, n_queries=400)
+    assert bad["less_coherent_at_depths"] == [1, 2] and "less coherent" in bad["warning"]
+    assert bad["run"]["recon_mse"] == pytest.approx(1.0)
+    assert bad["residual_kmeans"]["distinct_prefixes"][0] == 16
+    # the baseline's own codes (same seed) are exactly as coherent: no warning
+    own = residual_kmeans(torch.from_numpy(x), n_levels=2, k=16, iters=10, seed=0).codes.numpy()
+    good = compare_with_residual_kmeans(vectors=x, codes=own, recon_sq_err=sq_err, codebook_size=16, n_queries=400)
+    assert good["warning"] is None and good["run"]["prefix_coherence"] == good["residual_kmeans"]["prefix_coherence"]

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from rqvae_core.metrics import corpus_metrics
+from rqvae_core.metrics import compare_with_residual_kmeans, corpus_metrics
 from tasks.report import render_quality_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -38,6 +38,9 @@ def quality() -> dict:
         ],
     }
     q["run"] = {"catalog": "books", "run_id": "2024-05-01T00"}
+    q["baseline"] = compare_with_residual_kmeans(
+        vectors=x, codes=codes, recon_sq_err=((x - recon) ** 2).sum(axis=1), codebook_size=k, n_queries=200
+    )
     return json.loads(json.dumps(q))  # exactly what quality.json round-trips to
 
 
@@ -101,3 +104,12 @@ def test_text_is_escaped() -> None:
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "r&quot;&amp;1" in page
+
+
+def test_report_sets_the_run_beside_residual_kmeans_and_warns(quality: dict) -> None:
+    page = render_quality_html(quality)
+    assert "Against residual k-means" in page
+    for depth in (1, 2, 3):
+        assert f"prefix coherence, depth {depth}" in page and f"distinct prefixes, depth {depth}" in page
+    # geometric codes drawn independently of x cannot follow its neighbourhoods
+    assert quality["baseline"]["warning"] and "Warning:" in page
