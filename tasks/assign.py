@@ -197,8 +197,8 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     baseline = compare_with_residual_kmeans(
         vectors=vectors, codes=data["codes"][sample], recon_sq_err=data["sq_err"][sample], codebook_size=K,
         n_queries=min(2000, len(sample)), seed=0,
-    )
-    metrics = accumulator.finalize(prefix_coherence=baseline["run"]["prefix_coherence"]).to_dict()
+    ) if n > 1 else None  # one item has no neighbour to be coherent with
+    metrics = accumulator.finalize(prefix_coherence=baseline["run"]["prefix_coherence"] if baseline else []).to_dict()
     per_item_mse = data["sq_err"] / model.config.input_dim
     counts_, edges = np.histogram(per_item_mse, bins=30)
     quality = {
