@@ -29,6 +29,7 @@ from flows.ops import expand_env, flow_timeout_seconds
 from flows.retokenize import check_safe, default_name, retokenize
 from tasks import storage
 from tasks.config import PipelineConfig
+from tasks.errors import BadInput
 from tasks.ray_runtime import ray_session
 
 # 2026-10-01, 2026_10_01, 20261001, optionally followed by a time: T030000Z, _0300, -03-00-00 ...
@@ -38,7 +39,7 @@ _DATE = re.compile(
 )
 
 
-class SnapshotError(ValueError):
+class SnapshotError(BadInput):
     """A snapshot list that cannot be backfilled: no date in a file name, two snapshots of one date, no match."""
 
 

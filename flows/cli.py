@@ -1,4 +1,4 @@
-"""``semid``: the one console script. Subcommands: run, validate, backfill, sample, inspect, similar, evaluate.
+"""``semid``: the one console script. Subcommands: run, validate, backfill, gc, sample, inspect, similar, evaluate.
 
 Terminal output is the CLI's own (progress per stage, a summary, one line per error);
 everything Ray and Prefect print goes to a log file (see ``flows/console.py``).
@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from flows.console import Console, ProgressView, add_output_options, capture, run_log_path, show_run_logs
+from tasks.errors import BadInput, is_bad_input
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -56,7 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--prior-run", help="a published run prefix, or 'latest' for this catalog's newest finished run: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
 
     run.add_argument("--retrain", action="store_true",
-                     help="with --prior-run: fit a new model anyway; every ID moves to the new model's space and changes/ holds the old→new map")
+                     help="with --prior-run: fit a new model anyway (a new model version); every ID moves to the new model's space, "
+                          "changes/ holds the old→new map, and no ID the lineage ever issued is issued again")
+    run.add_argument("--reembed", action="store_true",
+                     help="with --prior-run: the embedder changed on purpose (model, weights or fp16/fp32 differ from the prior run's, "
+                          "which is refused otherwise): embed every item with the configured embedder and retrain as with --retrain")
+    run.add_argument("--retrain-on-drift", action="store_true",
+                     help="with --prior-run: retrain (as with --retrain) when the frozen prior model is flagged as drifted "
+                          "(new/changed items' recon error > drift.max_recon_ratio x the prior run's)")
+    run.add_argument("--force", action="store_true",
+                     help="publish even when a publish gate trips (quarantined, removed or changed share above the gates.* limits); recorded in the manifest")
+
     run.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: OUT/NAME/_logs/RUN_ID.log for a local --out, else under $SEMID_LOG_DIR)")
     add_output_options(run)
 
@@ -85,6 +96,20 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one config field, as for run (repeatable)")
     backfill.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: OUT/_logs/backfill-TIMESTAMP.log for a local --out, else under $SEMID_LOG_DIR)")
     add_output_options(backfill)
+
+    gc = sub.add_parser("gc", help="remove old runs, stale work dirs and unused embedding-cache entries of one catalog",
+                        description="Retention for OUT/NAME: keeps the latest run, the KEEP most recently published ones and the run each kept run "
+                                    "chains from; removes older runs, unfinished run prefixes and _work/ dirs untouched for MIN_AGE_HOURS (or whose "
+                                    "run is published), and embedding-cache entries (shared by all catalogs under OUT) no remaining run uses. "
+                                    "Refuses to run while a run of the catalog holds its lock.")
+    gc.add_argument("--out", required=True, help="output root, local path or s3://bucket/prefix")
+    gc.add_argument("--name", required=True, help="catalog name (the folder under OUT)")
+    gc.add_argument("--keep", type=int, required=True, help="number of most recently published runs to keep (at least 1)")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--min-age-hours", type=float, default=24.0,
+                    help="leave work dirs, unfinished runs and cache parts modified more recently than this alone (default 24): "
+                         "they may belong to a run in progress on another host")
+    add_output_options(gc)
 
     sample = sub.add_parser("sample", help="write a synthetic product catalog (CSV)", description="Write a realistic synthetic product catalog, deterministic by seed.")
     sample.add_argument("--out", required=True, help="CSV file to write")
@@ -167,7 +192,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     log_file = args.log_file or run_log_path(args.out, name, run_id)
     with capture(console, log_file), show_run_logs(console), ProgressView(console):
-        result = retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=config, prior_run=args.prior_run, retrain=args.retrain)
+        result = retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=config, prior_run=args.prior_run,
+                            retrain=args.retrain, reembed=args.reembed, retrain_on_drift=args.retrain_on_drift, force=args.force)
     console.result({**result, "name": name, "run_id": run_id, "log_file": console.log_file}, _run_text)
     console.info(f"log: {console.log_file}")
     return 0
@@ -201,7 +227,7 @@ def _cmd_backfill(args: argparse.Namespace, console: Console) -> int:
     from flows.backfill import BackfillFailed, backfill, expand_snapshots, format_summary, plan
 
     if args.parallel < 1:
-        raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
+        raise BadInput(f"--parallel must be at least 1, got {args.parallel}")
     snapshots = expand_snapshots(args.snapshots)
     plan(snapshots, args.name)  # fail fast, before Prefect and Ray start: undated or duplicate snapshots
     _check_out(args.out)
@@ -220,7 +246,7 @@ def _cmd_backfill(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-class OutputLocationError(ValueError):
+class OutputLocationError(BadInput):
     """--out cannot hold the run's outputs."""
 
 
@@ -240,6 +266,15 @@ def _check_out(out: str) -> None:
         raise OutputLocationError(f"--out {out} cannot be used as an output directory: {where} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputLocationError(f"--out {out} cannot be created or written: no write permission on {probe}")
+
+
+def _cmd_gc(args: argparse.Namespace, console: Console) -> int:
+    from flows.retokenize import check_safe
+    from tasks.gc import collect_garbage
+
+    report = collect_garbage(out=args.out, name=check_safe("catalog name", args.name), keep=args.keep, dry_run=args.dry_run, min_age_hours=args.min_age_hours)
+    console.result(report.model_dump(), "\n".join(report.lines()))
+    return 0
 
 
 def _cmd_sample(args: argparse.Namespace, console: Console) -> int:
@@ -308,8 +343,8 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-HANDLERS = {"run": _cmd_run, "validate": _cmd_validate, "backfill": _cmd_backfill, "sample": _cmd_sample, "inspect": _cmd_inspect, "similar": _cmd_similar,
-            "evaluate": _cmd_evaluate}
+HANDLERS = {"run": _cmd_run, "validate": _cmd_validate, "backfill": _cmd_backfill, "gc": _cmd_gc, "sample": _cmd_sample, "inspect": _cmd_inspect,
+            "similar": _cmd_similar, "evaluate": _cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,8 +362,6 @@ def report_error(console: Console, e: BaseException) -> int:
     """One readable line (the traceback goes to the log file) and the exit code for ``e``."""
     from pydantic import ValidationError
 
-    from tasks.ingest import IngestError
-
     if isinstance(e, SystemExit):
         raise e
     console.write_traceback(e)
@@ -336,8 +369,8 @@ def report_error(console: Console, e: BaseException) -> int:
         fields = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {_short(err.get('input'))})" for err in e.errors())
         console.error(f"invalid configuration: {fields}", kind="ValidationError", exit_code=EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
-    bad_input = (IngestError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
-    if isinstance(e, bad_input):
+    # The input is wrong (tasks.errors.BadInput: no retry), or a path the user gave points at the wrong kind of file.
+    if is_bad_input(e) or isinstance(e, (NotADirectoryError, IsADirectoryError, FileExistsError)):
         console.error(f"{type(e).__name__}: {e}", kind=type(e).__name__, exit_code=EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
     if isinstance(e, KeyboardInterrupt):

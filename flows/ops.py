@@ -19,11 +19,13 @@ import os
 import re
 from typing import Any
 
+from tasks.errors import BadInput
+
 RUN_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class UnsetVariable(ValueError):
+class UnsetVariable(BadInput):
     """A ``${VAR}`` parameter refers to an environment variable the flow-run process does not have."""
 
 

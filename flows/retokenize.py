@@ -20,9 +20,23 @@ from rqvae_core.ids import check_capacity
 
 from tasks import progress, storage
 from tasks.assign import assign
+from tasks.chain import (
+    PriorRunError,
+    check_embedding,
+    check_gates,
+    embedding_identity,
+    gate_numbers,
+    latest_published,
+    model_version,
+    prior_model_shape,
+    read_manifest,
+    retired_count,
+    write_latest_pointer,
+)
 from tasks.config import PipelineConfig
-from tasks.embed import embed, provided_vectors
-from tasks.export import export, is_published, latest_published
+from tasks.embed import embed, model_identity, provided_vectors
+from tasks.errors import BadInput, is_bad_input
+from tasks.export import export, is_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
 from tasks.locks import catalog_exclusion
@@ -32,7 +46,7 @@ from tasks.ray_runtime import ray_session
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class RunSpecError(ValueError):
+class RunSpecError(BadInput):
     """A run name, run id or output location that cannot be used safely."""
 
 
@@ -52,10 +66,8 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures (a lost Ray worker, S3 hiccups); bad input fails at once."""
     try:
         state.result()
-    except (ValueError, FileNotFoundError, PermissionError):
-        return False
-    except Exception:
-        return True
+    except Exception as exc:  # noqa: BLE001 - the decision is the point
+        return not is_bad_input(exc)
     return False
 
 
@@ -71,6 +83,15 @@ def _log_stage(m: R) -> R:
 @task(name="ingest", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
 def ingest_task(catalog: str, work: str, config: PipelineConfig) -> IngestResult:
     return _log_stage(ingest(catalog_uri=catalog, work_uri=work, config=config.ingest))
+
+
+@task(name="gates", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_bad_input)
+def gates_task(items: IngestResult, prior_run: str | None, config: PipelineConfig, force: bool) -> dict[str, Any]:
+    numbers = gate_numbers(items_uri=items.items, n_input=items.input, n_quarantined=items.quarantined, prior_run=prior_run)
+    record = check_gates(numbers, config.gates, force=force)
+    if record["forced"]:
+        get_run_logger().warning("publish gates tripped but --force given: %s", "; ".join(record["tripped"]))
+    return record
 
 
 @task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
@@ -117,14 +138,23 @@ def retokenize(
     config: PipelineConfig = PipelineConfig(),
     prior_run: str | None = None,
     retrain: bool = False,
+    reembed: bool = False,
+    retrain_on_drift: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Tokenize one catalog into semantic IDs under ``<out>/<name>/<run_id>/``.
 
     ``prior_run``: a published run prefix whose model is reused frozen and whose
     IDs are kept for unchanged items (stable nightly re-tokenization), or
-    ``"latest"`` for the newest published run of this catalog (none: fit anew).
-    ``retrain``: with a prior run, fit a new model anyway; every ID moves to the new
-    model's space and ``changes/`` holds the old→new map.
+    ``"latest"`` for the most recently published run of this catalog (none: fit anew).
+    ``retrain``: with a prior run, fit a new model anyway (a new model version); every
+    ID moves to the new model's space, ``changes/`` holds the old→new map, and no ID
+    the lineage ever issued (the prior run's, the retired ones) is issued again.
+    ``reembed``: the embedder changed on purpose (another model, weights or precision
+    than the prior run's): embed every item with the configured one and retrain as above.
+    Without it such a prior run is refused.
+    ``retrain_on_drift``: retrain when the frozen prior model is flagged as drifted.
+    ``force``: publish even when the publish gates trip (recorded in the manifest).
     ``run_id``: default, the flow run's scheduled start time (UTC), so a retry of a
     scheduled night resumes that night's run. ``catalog``, ``out`` and ``name`` may
     hold ``${VAR}``, read from the flow run's environment when it starts.
@@ -133,32 +163,69 @@ def retokenize(
     name = check_safe("catalog name", expand_env(name, "name") or default_name(catalog))
     run_id = check_safe("run id", run_id or slot_run_id())
     logger = get_run_logger()
-    prefix = storage.join(out, name, run_id)
-    with catalog_exclusion(storage.join(out, name), wait_seconds=config.lock_wait_seconds):
+    catalog_prefix = storage.join(out, name)
+    prefix = storage.join(catalog_prefix, run_id)
+    with catalog_exclusion(catalog_prefix, wait_seconds=config.lock_wait_seconds):
         if is_published(prefix):
+            write_latest_pointer(catalog_prefix)  # repairs a pointer that a crash after _SUCCESS left stale
             logger.info("%s is already published; runs are immutable, nothing to do", prefix)
             return {"prefix": prefix, "counts": storage.read_json(storage.join(prefix, "manifest.json"))["counts"], "skipped": True}
         if prior_run == "latest":
-            prior_run = latest_published(storage.join(out, name), exclude=run_id)
+            prior_run = latest_published(catalog_prefix, exclude=run_id)
             logger.info("prior run: %s", prior_run or "none published yet; fitting a new model")
         elif prior_run and not is_published(prior_run):
-            raise RunSpecError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
-        result = _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run, retrain=retrain)
+            raise PriorRunError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
+        result = _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run,
+                             retrain=retrain, reembed=reembed, retrain_on_drift=retrain_on_drift, force=force)
+        write_latest_pointer(catalog_prefix)
     publish_summary_artifact(prefix)
     return result
 
 
-def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> dict[str, Any]:
+def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None,
+                retrain: bool, reembed: bool, retrain_on_drift: bool, force: bool) -> dict[str, Any]:
+    logger = get_run_logger()
     work = storage.join(out, name, "_work", run_id)
     cache = storage.join(out, "_cache", "embeddings")
-    run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run, "retrain": retrain}
+    prior = read_manifest(prior_run) if prior_run else None
+    retrain = bool(prior_run and (retrain or reembed))
+    if prior and not reembed and not config.ingest.embedding_column:  # the weights are known before embedding: refuse another embedder at once
+        check_embedding(prior, {"model": config.embed.model, "weights": model_identity(config.embed.model)}, reembed=False, keys=("weights",))
     items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
-    # A catalog that cannot fit the ID space fails here, before any embedding or fitting.
-    check_capacity(n_items=items.valid, n_levels=config.model.n_levels, codebook_size=config.model.codebook_size)
+    gates = gates_task(items, prior_run, config, force)
+    # A catalog that cannot fit the ID space fails here, before any embedding or fitting. A reused
+    # model's own L and K count, and so do the IDs the lineage may never issue again.
+    if prior_run and not retrain:
+        (n_levels, codebook_size), taken = prior_model_shape(prior_run), retired_count(prior_run)
+    else:
+        n_levels, codebook_size = config.model.n_levels, config.model.codebook_size
+        taken = retired_count(prior_run) + prior["counts"]["ided"] if prior else 0
+    check_capacity(n_items=items.valid + taken, n_levels=n_levels, codebook_size=codebook_size)
     with ray_session():
         embedded = embed_task(items, work, cache, config)
+        embedding = embedding_identity(embedded.model_dump(), embedding_column=config.ingest.embedding_column)
+        reembedded = check_embedding(prior, embedding, reembed=reembed) if prior else False
         fitted = fit_task(embedded, work, config, prior_run, retrain)
         assigned = assign_task(embedded, fitted, work, config, prior_run, retrain)
+        drift = assigned.drift
+        retrain_reason = ("reembed" if reembed else "explicit") if retrain else None
+        if drift and drift["flagged"]:
+            logger.warning("drift: %s%s", drift["reason"], "; retraining (--retrain-on-drift)" if retrain_on_drift else "")
+            if retrain_on_drift:
+                retrain, retrain_reason = True, "drift"
+                fitted = fit_task(embedded, work, config, prior_run, retrain)
+                assigned = assign_task(embedded, fitted, work, config, prior_run, retrain)
+        chain = {
+            "embedding": embedding,
+            "model_version": model_version(prior, retrained=retrain),
+            "retrain_reason": retrain_reason,
+            "reembedded": reembedded,
+            "gates": gates,
+            "forced": gates["forced"],
+            "drift": drift,
+            **({"remap": "changes/"} if retrain else {}),
+        }
+        run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run, "retrain": retrain, "chain": chain}
         manifest = export_task(prefix, items, embedded, fitted, assigned, run)
     storage.remove(work)
     storage.remove_if_empty(storage.join(out, name, "_work"))

@@ -9,12 +9,13 @@ import torch
 
 from rqvae_core.similarity import top_k_similar
 from tasks import storage
+from tasks.errors import BadInput
 from tasks.export import is_published
 from tasks.fit import load_model
 
 
-class RunNotFound(FileNotFoundError):
-    pass
+class RunNotFound(BadInput):
+    """The prefix is not a finished run, or the item is not in it."""
 
 
 def _published(prefix: str) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 from rqvae_core.ids import check_capacity
 from tasks import storage
 from tasks.config import PipelineConfig
-from tasks.export import is_published, latest_published
+from tasks.chain import latest_published
+from tasks.export import is_published
 from tasks.ingest import ingest
 
 

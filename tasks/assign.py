@@ -12,6 +12,7 @@ each partition in a Ray task is the next step (issue 9).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ from rqvae_core.ids import check_capacity, format_sid
 from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans
 from tasks import progress, storage
 from tasks.config import PipelineConfig
+from tasks.drift import drift_report
 from tasks.embed import actor_fault_tolerance
 from tasks.fit import load_model, read_vectors
 from tasks.manifest import AssignResult, hash_of, run_stage, stage_dir
@@ -56,7 +58,7 @@ class ItemEncoder:
         }
 
 
-def _read_prior(prior_run: str) -> dict[str, np.ndarray]:
+def _read_prior(prior_run: str) -> dict[str, Any]:
     ids = storage.read_parquet(storage.join(prior_run, "semantic_ids"))
     retired_uri = storage.join(prior_run, "retired")
     retired = storage.read_parquet(retired_uri)["codes"].to_pylist() if storage.list_parquet(retired_uri) else []
@@ -65,8 +67,21 @@ def _read_prior(prior_run: str) -> dict[str, np.ndarray]:
         "text_hashes": np.asarray(ids["text_hash"].to_pylist(), dtype=object),
         "sids": np.asarray(ids["sid"].to_pylist(), dtype=object),
         "codes": np.asarray(ids["codes"].to_pylist(), dtype=np.int64),
-        "retired": np.asarray(retired, dtype=np.int64).reshape(len(retired), -1) if retired else None,
+        "retired": retired,
+        "quality": storage.read_json(storage.join(prior_run, "quality.json")),
     }
+
+
+def _split_retired(rows: list[list[int]], *, n_levels: int, codebook_size: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Retired IDs that can collide with this model's IDs (length L+1, codes < K), and the rest.
+
+    After a retrain with another L or K, older IDs have another length or codes this
+    model cannot produce: they can never be issued again, but they stay in the
+    lineage's retired list.
+    """
+    fits = [r for r in rows if len(r) == n_levels + 1 and max(r) < codebook_size]
+    other = [r for r in rows if not (len(r) == n_levels + 1 and max(r) < codebook_size)]
+    return np.asarray(fits, dtype=np.int64).reshape(len(fits), n_levels + 1), other
 
 
 def _remap_table(prior: dict[str, np.ndarray], item_ids: np.ndarray, sids: np.ndarray) -> pa.Table:
@@ -150,14 +165,17 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
 
     changes = None
     retired = None
+    drift = None
     if prior_run and not retrain:
         prior = _read_prior(prior_run)
+        prior_retired, other_retired = _split_retired(prior["retired"], n_levels=L, codebook_size=K)
         stable = reassign_partitioned(
             item_ids=data["item_id"], text_hashes=data["text_hash"], codes=data["codes"], distances=data["distance"], codebook_size=K,
             prior_item_ids=prior["item_ids"], prior_text_hashes=prior["text_hashes"], prior_codes=prior["codes"],
-            prior_retired=prior["retired"], last_level_distances=last_level_distances,
+            prior_retired=prior_retired, last_level_distances=last_level_distances,
         )
-        final_codes, retired = stable.codes, stable.retired
+        final_codes = stable.codes
+        retired = [r.tolist() for r in stable.retired] + other_retired
         sid = format_sid(final_codes)
         prior_sid = dict(zip(prior["item_ids"].tolist(), prior["sids"].tolist()))
         removed = stable.removed_item_ids.tolist()
@@ -167,13 +185,29 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
             "new_sid": pa.array(sid.tolist() + [None] * len(removed), pa.string()),
             "status": pa.array(stable.status.tolist() + ["removed"] * len(removed), pa.string()),
         })
+        fresh = stable.status != "kept"
+        drift = drift_report(
+            sq_err=data["sq_err"][fresh], codes=data["codes"][fresh], dim=model.config.input_dim, codebook_size=K,
+            prior_recon_mse=float(prior["quality"].get("recon_mse", 0.0)), prior_codes=prior["codes"], config=config.drift,
+        )
         n_moved = 0
     else:
-        resolved = resolve_partitioned(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K, last_level_distances=last_level_distances)
+        occupied = None
+        if prior_run:
+            # Explicit retrain: every ID moves into the new model's space, and no ID ever issued
+            # in this lineage (the prior run's and every retired one) is issued again. They all
+            # become retired; the old→new map goes to changes/.
+            prior = _read_prior(prior_run)
+            lineage = [r.tolist() for r in prior["codes"]] + prior["retired"]
+            occupied, other_retired = _split_retired(lineage, n_levels=L, codebook_size=K)
+            occupied = np.unique(occupied, axis=0) if len(occupied) else occupied
+            retired = [r.tolist() for r in occupied] + other_retired
+        resolved = resolve_partitioned(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K,
+                                      last_level_distances=last_level_distances, occupied=occupied)
         final_codes, n_moved = resolved.codes, resolved.n_moved
         sid = format_sid(final_codes)
         if prior_run:  # explicit retrain: export the old→new map
-            changes = _remap_table(_read_prior(prior_run), data["item_id"], sid)
+            changes = _remap_table(prior, data["item_id"], sid)
     if len(np.unique(sid)) != n:
         raise RuntimeError("assign: semantic IDs are not unique; refusing to publish")
 
@@ -189,7 +223,7 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     if changes is not None:
         _write_parts(out_dir, changes, "changes")
     if retired is not None:
-        _write_parts(out_dir, pa.table({"codes": _codes_table(retired.reshape(-1, L + 1))}), "retired")
+        _write_parts(out_dir, pa.table({"codes": pa.array(retired, pa.list_(pa.int32()))}), "retired")
 
     sample = np.sort(np.random.default_rng(0).permutation(n)[: min(n, 20_000)])
     vectors = _sample_vectors(embeddings_uri, set(data["item_id"][sample].tolist()))
@@ -210,6 +244,8 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     if changes is not None:
         status = pc.value_counts(changes["status"]).to_pylist()
         quality["changes"] = {d["values"]: d["counts"] for d in status}
+    if drift is not None:
+        quality["drift"] = drift
     storage.write_json(storage.join(out_dir, "quality.json"), quality)
     return AssignResult(
         semantic_ids=storage.join(out_dir, "semantic_ids"),
@@ -222,6 +258,8 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
         n_moved=int(n_moved),
         unique_tuple_rate=metrics["unique_tuple_rate"],
         ids_hash=_ids_digest(data["item_id"], sid),
+        n_retired=len(retired or []),
+        drift=drift,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rqvae_core.config import RQVAEConfig, TrainConfig
+from tasks.errors import BadInput
 
 
 class _Strict(BaseModel):
@@ -107,6 +108,31 @@ class AssignConfig(_Strict):
     num_blocks: int = Field(8, ge=1)
 
 
+class GatesConfig(_Strict):
+    """Publish gates: a run whose input moved more than this is not published (``--force`` overrides).
+
+    Shares are of the input rows (quarantine) or of the prior run's items (removed,
+    changed). They stop a truncated or garbled upstream catalog from retiring or
+    re-issuing a large part of the IDs overnight.
+    """
+
+    max_quarantined_share: float = Field(0.05, ge=0, le=1)
+    max_removed_share: float = Field(0.20, ge=0, le=1)
+    max_changed_share: float = Field(0.20, ge=0, le=1)
+
+
+class DriftConfig(_Strict):
+    """When the frozen prior model no longer serves the catalog (stable runs only).
+
+    A run is flagged when the mean reconstruction error of its new and changed
+    items exceeds ``max_recon_ratio`` × the prior run's mean error over all its
+    items, measured on at least ``min_items`` new or changed items.
+    """
+
+    max_recon_ratio: float = Field(1.5, gt=0)
+    min_items: int = Field(20, ge=1)
+
+
 class PipelineConfig(_Strict):
     seed: int = 0
     lock_wait_seconds: float = Field(0.0, ge=0)
@@ -116,6 +142,8 @@ class PipelineConfig(_Strict):
     model: ModelConfig = ModelConfig()
     fit: FitConfig = FitConfig()
     assign: AssignConfig = AssignConfig()
+    gates: GatesConfig = GatesConfig()
+    drift: DriftConfig = DriftConfig()
 
     @model_validator(mode="after")
     def _check_model(self) -> "PipelineConfig":
@@ -136,20 +164,23 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     """Build a config from an optional JSON file and ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
     if path:
-        text = Path(path).read_text()
-        data = json.loads(text) if text.strip() else {}
+        try:
+            text = Path(path).read_text()
+            data = json.loads(text) if text.strip() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInput(f"cannot read config file {path}: {exc}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a JSON object")
+            raise BadInput(f"config file {path} must hold a JSON object")
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise BadInput(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p} is not a section")
+                raise BadInput(f"--set {key}: {p} is not a section")
         node[parts[-1]] = _parse_value(raw)
     return PipelineConfig.model_validate(data)
 

@@ -45,24 +45,6 @@ def is_published(prefix: str) -> bool:
     return storage.exists(storage.join(prefix, SUCCESS))
 
 
-def latest_published(catalog_prefix: str, *, exclude: str) -> str | None:
-    """The most recent finished run of a catalog (by run id, which defaults to a UTC timestamp)."""
-    fs, path = storage.filesystem(catalog_prefix)
-    if not fs.exists(path):
-        return None
-    runs = sorted(
-        (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)),
-        reverse=True,
-    )
-    for run_id in runs:
-        if run_id.startswith(("_", ".")) or run_id == exclude:
-            continue
-        candidate = storage.join(catalog_prefix, run_id)
-        if is_published(candidate):
-            return candidate
-    return None
-
-
 def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitResult, assign: AssignResult, run: dict[str, Any]) -> dict[str, Any]:
     """Write the run's output layout and return its manifest (as written to ``manifest.json``)."""
     clock = Stopwatch()
@@ -105,8 +87,11 @@ def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitRes
         "files": files,
         "ids_hash": assign.ids_hash,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **run.get("chain", {}),  # embedding identity, model version, gates, drift (tasks.chain)
     }
     manifest["timings"]["export"] = clock.seconds
+    # what `latest` is ordered by (tasks.chain), never the run id; microseconds so two runs rarely tie
+    manifest["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
     storage.write_json(storage.join(prefix, "manifest.json"), manifest)
     storage.write_bytes(storage.join(prefix, SUCCESS), b"")
     return manifest

@@ -37,6 +37,7 @@ from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, fit, load_checkpoint, sa
 from rqvae_core.train import EpochMetrics
 from tasks import progress, storage
 from tasks.config import PipelineConfig
+from tasks.errors import BadInput
 from tasks.manifest import FitResult, hash_of, run_stage, stage_dir
 
 MODEL_DIR = "model"
@@ -241,7 +242,7 @@ def reuse_model(*, prior_model_uri: str, work_uri: str, dim: int) -> FitResult:
     weights = storage.read_bytes(storage.join(prior_model_uri, "model.safetensors"))
     config = storage.read_json(storage.join(prior_model_uri, "config.json"))
     if config["input_dim"] != dim:
-        raise ValueError(f"prior model expects {config['input_dim']}-d embeddings but this run produced {dim}-d; retrain instead")
+        raise BadInput(f"prior model expects {config['input_dim']}-d embeddings but this run produced {dim}-d; retrain instead")
     input_hash = hash_of("reuse", prior_model_uri, hashlib.sha256(weights).hexdigest())
 
     def build() -> FitResult:

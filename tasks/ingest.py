@@ -58,6 +58,7 @@ import pyarrow as pa
 
 from tasks import storage
 from tasks.config import IngestConfig
+from tasks.errors import BadInput
 from tasks.manifest import IngestResult, hash_of, run_stage, stage_dir
 
 STAGE = "ingest"
@@ -93,7 +94,7 @@ class _WriteFailed(Exception):
     """Writing the work area failed; ``ingest`` re-raises the cause unchanged (retryable, not bad input)."""
 
 
-class IngestError(ValueError):
+class IngestError(BadInput):
     """The catalog cannot be ingested (missing, empty, unparseable, no id column...)."""
 
 

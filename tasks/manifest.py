@@ -111,6 +111,10 @@ class AssignResult(StageResult):
     n_moved: int
     unique_tuple_rate: float
     ids_hash: str
+    n_retired: int = 0
+    """IDs this lineage may never issue again (carried across retrains)."""
+    drift: dict[str, Any] | None = None
+    """Stable runs: how well the frozen prior model serves new/changed items (tasks.drift)."""
 
 
 R = TypeVar("R", bound=StageResult)

@@ -1,0 +1,162 @@
+"""The run chain through the real flow (real Ray, Prefect, MiniLM): gates, embedding identity, retrain lineage, drift, latest."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from prefect import flow, task
+
+from flows.cli import main
+from flows.retokenize import _retry_unless_bad_input, retokenize
+from tasks.chain import EmbeddingMismatch, latest_published
+from tasks.config import PipelineConfig
+from tasks.embed import model_identity
+from tasks.ingest import IngestError
+from tasks.sample_catalog import generate_rows
+from tests.flows.conftest import TINY
+
+pytestmark = pytest.mark.slow
+FIELDS = ["item_id", "title", "brand", "categories", "description", "price"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _logging_on_the_session_stream(prefect_harness):
+    # Prefect binds its console handler to the stream of the first flow run; with capsys that stream closes
+    # at the end of the test and later flow runs fail on logging. Bind it to pytest's session stream first.
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)
+
+
+def write_catalog(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def sids(prefix: Path) -> dict[str, str]:
+    t = pq.read_table(prefix / "semantic_ids").select(["item_id", "sid"]).to_pydict()
+    return dict(zip(t["item_id"], t["sid"]))
+
+
+def manifest(prefix: Path) -> dict:
+    return json.loads((prefix / "manifest.json").read_text())
+
+
+def retired(prefix: Path) -> set[str]:
+    return {"-".join(map(str, c)) for c in pq.read_table(prefix / "retired")["codes"].to_pylist()}
+
+
+def test_chain_gates_embedding_identity_retrain_lineage_and_drift(tmp_path, capsys):
+    rows = generate_rows(n=120, seed=3)
+    full = write_catalog(tmp_path / "shop.csv", rows)
+    out = tmp_path / "out"
+    shop = out / "shop"
+    config = PipelineConfig.model_validate(TINY)
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(TINY))
+
+    r1 = shop / "20261201T030000Z"
+    retokenize(catalog=str(full), out=str(out), name="shop", run_id=r1.name, config=config)
+    m1 = manifest(r1)
+    assert m1["model_version"] == 1 and m1["embedding"]["precision"] == "fp32" and m1["embedding"]["dim"] == 384
+    assert m1["gates"]["tripped"] == [] and not m1["forced"] and m1["published_at"]
+    assert json.loads((shop / "LATEST").read_text())["run_id"] == r1.name
+
+    # A truncated upstream catalog: half the items vanish. The gate stops it before anything is embedded or published.
+    truncated = write_catalog(tmp_path / "shop-truncated.csv", rows[:60])
+    args = ["run", "--catalog", str(truncated), "--out", str(out), "--name", "shop", "--config", str(config_file), "--prior-run", "latest"]
+    capsys.readouterr()
+    assert main([*args, "--run-id", "2026-11-05"]) == 2
+    err = capsys.readouterr().err
+    assert "GatesTripped" in err and "removed share 50.0% (60 of 120 prior items) > max 20.0% (gates.max_removed_share)" in err and "--force" in err
+    assert not (shop / "2026-11-05").exists() and latest_published(str(shop)) == str(r1)
+
+    # --force publishes and records it. The reused model's own K and L count for the capacity
+    # pre-check (the configured 2 codes x 1 level could not hold 60 items).
+    r2 = shop / "2026-11-05"  # a backfill-style id, below every timestamp id as a string, but published later
+    assert main([*args, "--run-id", r2.name, "--force", "--set", "model.codebook_size=2", "--set", "model.n_levels=1"]) == 0, capsys.readouterr().err
+    m2 = manifest(r2)
+    assert m2["forced"] and m2["gates"]["removed"] == 60 and m2["gates"]["tripped"][0].startswith("removed share 50.0%")
+    assert m2["prior_run"] == str(r1) and m2["model_version"] == 1 and m2["stages"]["fit"]["reused_from"] == str(r1 / "model")
+    assert m2["drift"]["items"] == 0 and not m2["drift"]["flagged"]
+    assert json.loads((shop / "LATEST").read_text())["run_id"] == r2.name
+    ids1, ids2 = sids(r1), sids(r2)
+    assert all(ids2[i] == ids1[i] for i in ids2) and len(retired(r2)) == 60
+
+    # A prior run embedded elsewhere in fp16 (a GPU host) cannot seed this CPU run's frozen model...
+    m2["embedding"]["precision"] = "fp16"
+    (r2 / "manifest.json").write_text(json.dumps(m2))
+    r3 = shop / "20261130T030000Z"
+    with pytest.raises(EmbeddingMismatch, match=r"prior run's embeddings come from all-MiniLM-L6-v2 .*fp16, 384-d but this run's from .*fp32, 384-d"):
+        retokenize(catalog=str(full), out=str(out), name="shop", run_id=r3.name, config=config, prior_run="latest")
+    assert not (r3 / "_SUCCESS").exists()
+    # ...unless re-embedded: every item embedded with this embedder, a new model version, every ID of the lineage retired.
+    retokenize(catalog=str(full), out=str(out), name="shop", run_id=r3.name, config=config, prior_run="latest", reembed=True)
+    m3 = manifest(r3)
+    assert m3["prior_run"] == str(r2) and m3["reembedded"] and m3["retrain_reason"] == "reembed" and m3["model_version"] == 2
+    assert m3["remap"] == "changes/" and m3["stages"]["fit"]["reused_from"] is None
+    remap = pq.read_table(r3 / "changes").to_pydict()
+    assert sorted(set(remap["status"])) == ["new", "remapped"] and remap["status"].count("remapped") == 60
+    ids3 = sids(r3)
+    ever_issued = set(ids1.values()) | set(ids2.values()) | retired(r2)
+    assert not set(ids3.values()) & ever_issued, "no ID of the lineage is issued again after a retrain"
+    assert ever_issued <= retired(r3), "the retired list carries the whole lineage across the retrain"
+
+    # Drift: new items the frozen model serves worse than its own catalog (a threshold every real run exceeds),
+    # and --retrain-on-drift retrains (version 3), still never reissuing a lineage ID.
+    new_rows = [{**r, "item_id": f"NEW{i:03d}", "title": f"Vintage vinyl record album {i} remastered"} for i, r in enumerate(generate_rows(n=24, seed=9))]
+    grown = write_catalog(tmp_path / "shop-grown.csv", rows + new_rows)
+    drifty = PipelineConfig.model_validate({**TINY, "drift": {"max_recon_ratio": 1e-6, "min_items": 20}})
+    r4 = shop / "20261129T030000Z"
+    retokenize(catalog=str(grown), out=str(out), name="shop", run_id=r4.name, config=drifty, prior_run="latest", retrain_on_drift=True)
+    m4 = manifest(r4)
+    assert m4["prior_run"] == str(r3), "latest follows publish time, not run-id order"
+    assert m4["drift"]["flagged"] and m4["drift"]["items"] == 24 and m4["drift"]["recon_ratio"] > 0
+    assert m4["retrain_reason"] == "drift" and m4["model_version"] == 3 and m4["retrain"]
+    assert not set(sids(r4).values()) & (ever_issued | set(ids3.values()))
+    assert json.loads((shop / "LATEST").read_text())["run_id"] == r4.name
+
+
+def test_bad_input_is_not_retried_other_errors_are():
+    attempts: list[str] = []
+    errors = {"bad-input": IngestError("no id column"), "corrupt-work-file": pa.ArrowInvalid("Parquet magic bytes not found"), "plain": ValueError("x")}
+
+    @task(retries=1, retry_delay_seconds=0, retry_condition_fn=_retry_unless_bad_input)
+    def failing(kind: str) -> None:
+        attempts.append(kind)
+        raise errors[kind]
+
+    @flow
+    def one(kind: str) -> None:
+        failing(kind)
+
+    for kind, expected in [("bad-input", 1), ("corrupt-work-file", 2), ("plain", 2)]:
+        attempts.clear()
+        with pytest.raises(type(errors[kind])):
+            one(kind)
+        assert len(attempts) == expected, kind
+
+
+def test_a_corrupt_prior_run_fails_the_run_with_exit_1(tmp_path, capsys):
+    """Not bad input: a damaged file in storage is retried and reported as a failed run, not as the user's mistake."""
+    rows = generate_rows(n=30, seed=4)
+    catalog = write_catalog(tmp_path / "c.csv", rows)
+    prior = tmp_path / "out" / "c" / "r0"
+    (prior / "semantic_ids").mkdir(parents=True)
+    (prior / "semantic_ids" / "part-00000.parquet").write_bytes(b"not parquet at all")
+    embedding = {"model": "all-MiniLM-L6-v2", "weights": model_identity("all-MiniLM-L6-v2"), "precision": "fp32", "dim": 384}
+    (prior / "manifest.json").write_text(json.dumps({"embedding": embedding, "counts": {"ided": 30}, "published_at": "2026-12-01T00:00:00+00:00"}))
+    (prior / "_SUCCESS").write_bytes(b"")
+    capsys.readouterr()
+    code = main(["run", "--catalog", str(catalog), "--out", str(tmp_path / "out"), "--run-id", "r1", "--prior-run", "latest"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "run failed: ArrowInvalid" in err
