@@ -310,7 +310,7 @@ def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as e:
-        raise ValueError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from e
+        raise BadInput(f"--seeds expects comma-separated integers, got {args.seeds!r}") from e
     eval_id = check_safe("eval id", args.eval_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     params = EvaluateParams(
         run=args.run, interactions=args.interactions, baselines=baselines, steps=args.steps, time_budget_s=args.time_budget,

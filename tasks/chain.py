@@ -158,8 +158,10 @@ def embedding_identity(embed_info: dict[str, Any], *, embedding_column: str | No
 
 
 def prior_embedding(manifest: dict[str, Any]) -> dict[str, Any]:
+    if "embedding" in manifest:
+        return manifest["embedding"]
     embed = manifest["stages"]["embed"]
-    return manifest.get("embedding") or embedding_identity(embed.get("info", embed))  # "info": runs before typed stage results
+    return embedding_identity(embed.get("info", embed))  # "info": runs published before typed stage results
 
 
 def _describe(e: dict[str, Any], keys: tuple[str, ...]) -> str:

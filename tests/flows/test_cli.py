@@ -15,7 +15,7 @@ SEMID = Path(sys.executable).parent / "semid"
 def test_help_documents_every_option():
     parser = _parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"run", "validate", "backfill", "sample", "inspect", "similar", "evaluate"}
+    assert set(sub.choices) == {"run", "validate", "backfill", "gc", "sample", "inspect", "similar", "evaluate"}
     for name, subparser in sub.choices.items():
         for action in subparser._actions:
             if action.dest != "help":
