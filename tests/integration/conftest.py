@@ -193,7 +193,7 @@ def deployed(prefect_server: PrefectServer) -> dict[str, dict]:
     # Deploy-time values that must NOT end up in the deployments (they are read when a run starts).
     prefect_server.cli("deploy", "--all", "--prefect-file", PREFECT_FILE, env={"SEMID_OUT": "/deploy-time", "SEMID_CATALOGS": "/deploy-time"})
     out = {}
-    for name in ("retokenize/nightly-beauty", "retokenize/nightly-beauty-k8s", "backfill/backfill", "retokenize/manual"):
+    for name in ("retokenize/nightly-beauty", "retokenize/nightly-beauty-k8s", "backfill/backfill", "retokenize/manual", "gc/gc-beauty"):
         out[name] = api(prefect_server, "GET", f"/deployments/name/{name}")
     return out
 

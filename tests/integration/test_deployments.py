@@ -24,6 +24,9 @@ def test_deploy_all_registers_every_deployment_without_deploy_time_values(deploy
     assert k8s["work_pool_name"] == "semid-kubernetes" and k8s["job_variables"]["image"] == "semid:0.1.0"
     assert [s["active"] for s in k8s["schedules"]] == [False], "the k8s variant ships paused"
     assert deployed["backfill/backfill"]["entrypoint"] == "flows.backfill.backfill"
+    gc = deployed["gc/gc-beauty"]
+    assert gc["entrypoint"] == "flows.gc.gc" and gc["parameters"] == {"out": "${SEMID_OUT}", "name": "beauty", "keep": 14}
+    assert [(s["schedule"]["cron"], s["active"]) for s in gc["schedules"]] == [("0 5 * * 0", True)]
     for name, dep in deployed.items():
         assert dep["version"] == "0.1.0", name
         assert (dep.get("global_concurrency_limit") or {}).get("limit") in (1, 2), f"{name} has no concurrency limit"
