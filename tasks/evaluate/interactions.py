@@ -22,12 +22,13 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from tasks import storage
+from tasks.errors import BadInput
 
 MIN_ITEMS = 3  # train needs >= 1 item before the validation item, which comes before the test item
 _TABLE_COLUMNS = ("user_id", "item_id", "timestamp")
 
 
-class InteractionsError(ValueError):
+class InteractionsError(BadInput):
     """The interactions file cannot be read as user sequences (the message says why and where)."""
 
 

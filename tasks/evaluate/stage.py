@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tasks import storage
+from tasks.errors import BadInput
 from tasks.evaluate.baselines import baseline_ids
 from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, evaluate_ids, prepare
 from tasks.evaluate.interactions import Sequences
@@ -37,7 +38,7 @@ SUCCESS = "_SUCCESS"
 RESULTS = "results.json"
 
 
-class RunNotEvaluable(ValueError):
+class RunNotEvaluable(BadInput):
     """The run prefix is not a finished run with semantic IDs (or its parameters are unreadable)."""
 
 
