@@ -57,7 +57,8 @@ def assert_failed_clearly(code: int, log: str, *needles: str) -> str:
 def test_ray_workers_killed_in_embed_and_assign_are_restarted_and_output_is_identical(tmp_path, reference):
     """SIGKILL the embedding actor mid-batch and the assignment actor; Ray restarts them and retries the work."""
     out = tmp_path / "out"  # no embedding cache: the embedder must really run
-    run = h.start_run(tmp_path, catalog=reference.catalog, out=out, run_id="killed-workers", config=reference.config)
+    # -vv: Ray's retry lines stay on the terminal (the quiet CLI otherwise writes them to the run's log file)
+    run = h.start_run(tmp_path, catalog=reference.catalog, out=out, run_id="killed-workers", config=reference.config, extra_args=["-vv"])
     seen: dict[str, set[int]] = {"TextEmbedder": set(), "ItemEncoder": set()}
     killed: dict[str, int] = {}
     try:
@@ -218,7 +219,8 @@ def test_s3_server_lost_mid_run_fails_after_retries_and_publishes_nothing(tmp_pa
     # One HTTP attempt per S3 call (botocore would otherwise back off ~8 s per call): what is under test is
     # the pipeline's own behaviour (Prefect task retries, then a clear failure), and this keeps it quick.
     env = {**h.s3_env(endpoint), "AWS_MAX_ATTEMPTS": "1"}
-    run = h.start_run(tmp_path, catalog=reference.catalog, out=f"s3://{bucket}/runs", run_id="r1", config=reference.config, env=env)
+    # -vv: Prefect's retry lines stay on the terminal (the quiet CLI otherwise writes them to the run's log file)
+    run = h.start_run(tmp_path, catalog=reference.catalog, out=f"s3://{bucket}/runs", run_id="r1", config=reference.config, env=env, extra_args=["-vv"])
     try:
         h.wait_for(lambda: any(k.startswith("runs/shop/_work/") for k in h.s3_keys(endpoint, bucket)), timeout=120, interval=0.05, what="the work area on S3", run=run)
         moto.stop()
