@@ -39,7 +39,7 @@ def coherence_rows(payload: dict, run_prefix: str) -> list[list[str]]:
     """Prefix coherence and distinct prefixes at depth 1/2/3 for every evaluated ID set (rebuilt, hash-checked)."""
     import numpy as np
 
-    from rqvae_core.metrics import prefix_coherence
+    from rqvae_core.metrics import distinct_prefixes, prefix_coherence
     from tasks.evaluate import stage
     from tasks.evaluate.baselines import baseline_ids
 
@@ -61,7 +61,7 @@ def coherence_rows(payload: dict, run_prefix: str) -> list[list[str]]:
             raise RuntimeError(f"{name}: rebuilt IDs differ from the evaluated ones")
         vec = vectors[[row[i] for i in ids.item_ids.tolist()]]
         coh = prefix_coherence(vectors=vec, codes=ids.codes[:, :3], levels=3)
-        distinct = [len({tuple(c) for c in ids.codes[:, :d].tolist()}) for d in (1, 2, 3)]
+        distinct = distinct_prefixes(ids.codes[:, :3])
         rows.append([name, *[f"{c:.3f}" for c in coh], *[f"{d:,}" for d in distinct]])
     return rows
 
