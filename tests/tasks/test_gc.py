@@ -13,7 +13,7 @@ import pytest
 from flows.cli import main
 from tasks import storage
 from tasks.gc import collect_garbage
-from tasks.locks import catalog_lock
+from tasks import locks
 
 
 def publish(out, name: str, run_id: str, *, at: str, prior: str | None, hashes: list[str], cache: str) -> str:
@@ -76,10 +76,18 @@ def test_gc_keeps_latest_newest_and_chained_runs_and_drops_the_rest(tmp_path, ca
 
 
 
-def test_gc_refuses_while_a_run_holds_the_lock_and_bad_arguments(tmp_path):
+@pytest.mark.parametrize("exclusion", ["local lock", "as configured"])
+def test_gc_refuses_while_a_run_holds_the_lock_and_bad_arguments(tmp_path, monkeypatch, exclusion):
+    """gc takes the same exclusion a run holds: the local flock, or the Prefect limit when an API is configured.
+
+    Which one "as configured" is depends on the session (the flow tests' Prefect harness sets an API URL),
+    so "local lock" pins the fallback explicitly.
+    """
+    if exclusion == "local lock":
+        monkeypatch.setattr(locks, "server_configured", lambda: False)
     out = tmp_path / "out"
     publish(out, "shop", "r1", at="2026-11-01T03:00:00+00:00", prior=None, hashes=["a"], cache=str(out / "_cache"))
-    with catalog_lock(str(out / "shop")):
+    with locks.catalog_exclusion(str(out / "shop")):
         with pytest.raises(RuntimeError, match="in progress"):
             collect_garbage(out=str(out), name="shop", keep=1)
     with pytest.raises(ValueError, match="--keep must be at least 1"):
