@@ -9,9 +9,10 @@ two dated snapshots (given newest first), whose run ids sort *below* the
 nightly ones as strings. Night 3 is SIGKILLed mid-run and retried (a new flow run for
 the same schedule slot): it must resume its work dir.
 
-Checked here: run names and ids come from the schedule slot, a killed night
-resumes its work dir, backfill order and chaining, each run's artifact, the
-backfill's table artifact, and the catalog's global concurrency limit.
+Checked: every unchanged item keeps its exact ID every night, no ID is ever
+issued to a second item, every change table is exact, ``latest`` follows
+publish time, run names and ids come from the schedule slot, each run has its
+artifact, and the catalog's global concurrency limit exists.
 """
 
 from __future__ import annotations
@@ -211,6 +212,32 @@ def test_a_killed_night_resumes_when_its_slot_is_retried(nights: Scenario):
     assert {"ingest", "embed"} <= set(n3["resumed_stages"]), n3["resumed_stages"]
 
 
+def test_every_run_keeps_unchanged_ids_never_reissues_one_and_reports_exact_changes(nights: Scenario):
+    """Checked against each run's actual prior run (whichever `latest` resolved to)."""
+    snapshot_of = {str(nights.out / "beauty" / r): snap for r, snap in nights.published}
+    owner: dict[str, str] = {}  # every sid ever issued -> the one item it belongs to
+    for run_id, snap in nights.published:
+        prefix = nights.out / "beauty" / run_id
+        ids = _ids(prefix)
+        assert set(ids) == set(snap) and len(set(ids.values())) == len(ids), run_id
+        for item, sid in ids.items():
+            assert owner.setdefault(sid, item) == item, f"{run_id}: {sid} was issued to {owner[sid]} before, now to {item}"
+        prior = _manifest(nights.out, run_id)["prior_run"]
+        if prior is None:
+            assert run_id == nights.published[0][0]
+            continue
+        prior_ids = _ids(Path(prior))
+        expected = _expected_changes(snapshot_of[prior], snap)
+        changes = _changes(prefix)
+        assert {i: c[2] for i, c in changes.items()} == expected, run_id
+        for item, (old, new, status) in changes.items():
+            assert old == prior_ids.get(item) and new == ids.get(item), (run_id, item, status, old, new)
+            if status == "kept":
+                assert new == old, f"{run_id}: unchanged item {item} moved from {old} to {new}"
+        counts = {s: list(expected.values()).count(s) for s in ("kept", "new", "changed", "removed")}
+        assert counts["kept"] > 100 and min(counts.values()) > 0, counts
+
+
 def test_each_run_leaves_its_artifact_and_the_catalog_limit_exists(nights: Scenario):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -228,3 +255,11 @@ def test_each_run_leaves_its_artifact_and_the_catalog_limit_exists(nights: Scena
         assert [(r["catalog"], r["run_id"], r["status"]) for r in rows] == [("beauty", "2026-11-27", "published"), ("beauty", "2026-11-28", "published")]
         limit = client.read_global_concurrency_limit_by_name(concurrency_limit_name(str(nights.out / "beauty")))
         assert limit.limit == 1 and limit.active_slots == 0
+
+
+def test_latest_follows_publish_time_not_run_id_order(nights: Scenario):
+    """Each run's prior is the run published just before it: the backfill ids 2026-11-2x sort below
+    20261127T030000Z as strings, yet night 3 chains from the last backfill run."""
+    prefixes = [str(nights.out / "beauty" / r) for r, _ in nights.published]
+    priors = [_manifest(nights.out, r)["prior_run"] for r, _ in nights.published]
+    assert priors == [None, *prefixes[:-1]]
