@@ -47,7 +47,7 @@ def run(name: str, config: RQVAEConfig, x: torch.Tensor, *, epochs: int, batch_s
             yield x[perm[i : i + batch_size]]
 
     t0 = time.perf_counter()
-    result = fit(model=model, train=TrainConfig(epochs=epochs, batch_size=batch_size, early_stop_patience=0), epoch_batches=batches, steps_per_epoch=steps_per_epoch, device=device)
+    result = fit(model=model, train=TrainConfig(epochs=epochs, batch_size=batch_size, early_stop_patience=0), epoch_batches=batches, steps_per_epoch=steps_per_epoch, device=device, init_data=x.to(device))
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -80,7 +80,7 @@ def main() -> None:
     baseline = RQVAEConfig(input_dim=args.dim, quantizer="ste", kmeans_init=False, dead_code_window=0)
     print(f"fit bench: {args.n} x {args.dim} clustered vectors ({args.clusters} clusters), {args.epochs} epochs, batch {args.batch_size}, device {device}, torch threads 1")
     rows = [run("baseline (STE, random init, no restart)", baseline, x, epochs=args.epochs, batch_size=args.batch_size, device=device),
-            run("ours (rotation, k-means++ init, dead-code restart)", ours, x, epochs=args.epochs, batch_size=args.batch_size, device=device)]
+            run("ours (skip encoder, residual k-means init)", ours, x, epochs=args.epochs, batch_size=args.batch_size, device=device)]
     print(f"{'run':<52} {'steps/s':>8} {'recon mse':>10} {'cosine':>7} {'active codes/level':>20} {'uniq tuples':>11}")
     for r in rows:
         print(f"{r['name']:<52} {r['steps_per_s']:8.1f} {r['recon_mse']:10.6f} {r['recon_cosine']:7.4f} {str(r['active']):>20} {r['unique_tuple_rate']:11.4f}")

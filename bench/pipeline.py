@@ -115,7 +115,7 @@ def run_baseline(items_uri: str, overrides: list[str]) -> tuple[dict, float, int
                 yield x[perm[i : i + bs]]
 
         t1 = time.perf_counter()
-        fit(model=rq, train=config.fit.to_core(), epoch_batches=batches, steps_per_epoch=(len(x) + bs - 1) // bs)
+        fit(model=rq, train=config.fit.to_core(), epoch_batches=batches, steps_per_epoch=(len(x) + bs - 1) // bs, init_data=x)
         timings["fit"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         enc = encode_array(rq, x)

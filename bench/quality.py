@@ -3,7 +3,7 @@
     .venv/bin/python bench/quality.py                        # default run + evaluate, seeds 0,1, default steps
     .venv/bin/python bench/quality.py --steps 1500 --seeds 0,1,2
     .venv/bin/python bench/quality.py --run out/bench_quality/Amazon_Beauty/bench   # evaluate an existing run
-    .venv/bin/python bench/quality.py --set model.embed_dim=64                      # pipeline overrides
+    .venv/bin/python bench/quality.py --set fit.epochs=10                           # pipeline overrides
 
 1. ``semid run`` on ``Amazon_Beauty.item`` (title + brand + categories, the
    ingest default; the RecBole ``:type`` suffixes are stripped by ingest).

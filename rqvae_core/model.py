@@ -1,4 +1,4 @@
-"""The RQ-VAE: MLP encoder → residual quantizer → mirrored MLP decoder."""
+"""The RQ-VAE: encoder → residual quantizer → mirrored decoder (MLPs, by default as identity-skip branches)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from rqvae_core.quantize import ResidualQuantizer
 
 class RQVAEOutput(NamedTuple):
     recon: torch.Tensor  # (B, input_dim)
-    z: torch.Tensor  # (B, embed_dim) encoder output (the VAE sample when vae=True)
-    quantized: torch.Tensor  # (B, embed_dim)
+    z: torch.Tensor  # (B, latent_dim) encoder output (the VAE sample when vae=True)
+    quantized: torch.Tensor  # (B, latent_dim)
     codes: torch.Tensor  # (B, L) long
     loss: torch.Tensor
     recon_loss: torch.Tensor
@@ -28,8 +28,8 @@ class Encoded(NamedTuple):
 
     codes: torch.Tensor  # (N, L) long
     distance: torch.Tensor  # (N,) ‖z − Σ codewords‖: how well the ID explains the item
-    quantized: torch.Tensor  # (N, embed_dim) Σ codewords (the item's "codeword embedding")
-    last_residual: torch.Tensor  # (N, embed_dim) residual entering the last level (overflow moves)
+    quantized: torch.Tensor  # (N, latent_dim) Σ codewords (the item's "codeword embedding")
+    last_residual: torch.Tensor  # (N, latent_dim) residual entering the last level (overflow moves)
     recon: torch.Tensor  # (N, input_dim) decoder output of the quantized vector
 
 
@@ -49,15 +49,19 @@ class RQVAE(nn.Module):
         self.config = config
         c = config
         torch.manual_seed(c.seed)
-        enc_out = 2 * c.embed_dim if c.vae else c.embed_dim  # mean and log-variance for the β-VAE
+        enc_out = 2 * c.latent_dim if c.vae else c.latent_dim  # mean and log-variance for the β-VAE
         self.encoder = mlp([c.input_dim, *c.hidden_dims, enc_out])
-        self.decoder = mlp([c.embed_dim, *reversed(c.hidden_dims), c.input_dim])
+        self.decoder = mlp([c.latent_dim, *reversed(c.hidden_dims), c.input_dim])
+        if c.skip:  # z = x + encoder(x), x̂ = q + decoder(q): start as the identity
+            for branch in (self.encoder, self.decoder):
+                nn.init.zeros_(branch[-1].weight)
+                nn.init.zeros_(branch[-1].bias)
         if c.vae:  # start with little sampling noise so codes can form before the KL term shapes z
             with torch.no_grad():
-                self.encoder[-1].bias[c.embed_dim :].fill_(-6.0)
+                self.encoder[-1].bias[c.latent_dim :].fill_(-6.0)
         self.quantizer = ResidualQuantizer(
             n_levels=c.n_levels,
-            dim=c.embed_dim,
+            dim=c.latent_dim,
             codebook_size=c.codebook_size,
             mode=c.quantizer,
             ema=c.ema,
@@ -75,6 +79,8 @@ class RQVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent z and the KL term (0 unless the variational bottleneck is on)."""
         h = self.encoder(x)
+        if self.config.skip:
+            h = x + h
         if not self.config.vae:
             return h, h.new_zeros(())
         mu, logvar = h.chunk(2, dim=-1)
@@ -83,11 +89,31 @@ class RQVAE(nn.Module):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         return z, kl
 
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        recon = self.decoder(quantized)
+        return quantized + recon if self.config.skip else recon
+
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor) -> None:
+        """Set every level's codebook to residual k-means of the latents of ``x`` (the fit set, or a sample).
+
+        Better than k-means of the first batch (256 points for 256 codes): each codeword starts at a
+        real cluster of the whole set, so no code starts dead and none needs re-seeding. With the
+        skip encoder at initialisation this *is* residual k-means on the embeddings.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            z = torch.cat([self.encode(chunk)[0] for chunk in x.split(65_536)])
+        finally:
+            self.train(was_training)
+        self.quantizer.init_from_data(z, iters=self.config.kmeans_iters, seed=self.config.seed)
+
     def forward(self, x: torch.Tensor) -> RQVAEOutput:
         c = self.config
         z, kl = self.encode(x)
         q = self.quantizer(z)
-        recon = self.decoder(q.quantized)
+        recon = self.decode(q.quantized)
         recon_loss = (recon - x).pow(2).sum(-1).mean()
         loss = recon_loss + q.codebook_loss + c.beta * q.commitment_loss + c.vae_beta * kl
         return RQVAEOutput(recon, z, q.quantized, q.codes, loss, recon_loss, q.codebook_loss, q.commitment_loss, kl)
@@ -105,7 +131,7 @@ class RQVAE(nn.Module):
                 distance=q.residual.norm(dim=-1),
                 quantized=q.quantized,
                 last_residual=q.last_residual,
-                recon=self.decoder(q.quantized),
+                recon=self.decode(q.quantized),
             )
         finally:
             self.train(was_training)
@@ -116,5 +142,5 @@ class RQVAE(nn.Module):
         return self.quantizer.levels[-1].distances(last_residual).sqrt()
 
     def codebooks(self) -> torch.Tensor:
-        """(L, K, embed_dim) effective codebooks (after SimVQ maps)."""
+        """(L, K, latent_dim) effective codebooks (after SimVQ maps)."""
         return torch.stack([level.codebook.detach() for level in self.quantizer.levels])

@@ -13,7 +13,8 @@ only in how they send the decoder's gradient back to the encoder:
 measurements and were removed.)
 
 Codebook options: EMA updates, SimVQ (frozen
-basis × learned linear map, Zhu et al., 2024), k-means++ init from the first
+basis × learned linear map, Zhu et al., 2024), residual k-means init from the
+whole fit set (``ResidualQuantizer.init_from_data``) or k-means++ of the first
 batch, dead-code restart, and Sinkhorn-balanced assignment during training
 (LC-Rec) that spreads a batch across codes instead of piling onto a few.
 """
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rqvae_core.config import QuantizerMode
-from rqvae_core.kmeans import kmeans, squared_distances
+from rqvae_core.kmeans import kmeans, residual_kmeans, squared_distances
 
 
 class LevelOutput(NamedTuple):
@@ -148,8 +149,12 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _kmeans_init(self, x: torch.Tensor) -> None:
-        centers = kmeans(x, k=self.codebook_size, iters=self.kmeans_iters, generator=self.generator).centers
-        self._set_codewords(torch.arange(self.codebook_size, device=x.device), centers.to(x.dtype))
+        self.set_codebook(kmeans(x, k=self.codebook_size, iters=self.kmeans_iters, generator=self.generator).centers.to(x.dtype))
+
+    @torch.no_grad()
+    def set_codebook(self, centers: torch.Tensor) -> None:
+        """Place all K codewords (rank 0's on every DDP rank) and mark the codebook initialised."""
+        self._set_codewords(torch.arange(self.codebook_size, device=centers.device), centers)
         _broadcast(self.embed.data)
         if self.ema:
             _broadcast(self.ema_sum)
@@ -225,6 +230,17 @@ class ResidualQuantizer(nn.Module):
         self.levels = nn.ModuleList(
             VectorQuantizer(seed=seed * 1000 + i, **level_kwargs) for i in range(n_levels)
         )
+
+    @torch.no_grad()
+    def init_from_data(self, z: torch.Tensor, *, iters: int, seed: int, fit_rows: int = 131_072) -> None:
+        """Codebooks = residual k-means of ``z`` (level i clusters what levels < i left); identical on every DDP rank.
+
+        Each level is fitted on at most ``fit_rows`` rows (a seeded sample): the centres of 256 clusters
+        are settled long before that, and the (rows × K) distance matrix stays small.
+        """
+        result = residual_kmeans(z, n_levels=len(self.levels), k=self.levels[0].codebook_size, iters=iters, seed=seed, fit_rows=fit_rows)
+        for level, centers in zip(self.levels, result.codebooks):
+            level.set_codebook(centers.to(z.dtype))
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         residual = z

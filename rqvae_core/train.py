@@ -115,8 +115,13 @@ def fit(
     steps_per_epoch: int,
     device: str | torch.device = "cpu",
     on_epoch_end: Callable[[EpochMetrics], bool | None] | None = None,
+    init_data: torch.Tensor | None = None,
 ) -> FitResult:
     """Train for up to ``train.epochs``; ``epoch_batches(e)`` yields that epoch's batches.
+
+    ``init_data`` (the fit set, or a sample of it, on ``device``): with ``kmeans_init`` the
+    codebooks start at residual k-means of its latents (:meth:`RQVAE.init_codebooks`); without
+    it they start at k-means of the first batch.
 
     Stops early when the epoch recon loss has not improved by a relative
     ``train.early_stop_min_delta`` for ``train.early_stop_patience`` epochs, when
@@ -124,6 +129,8 @@ def fit(
     ``on_epoch_end`` returns True.
     """
     epochs = train.epochs
+    if init_data is not None and unwrap(model).config.kmeans_init:
+        unwrap(model).init_codebooks(init_data)
     trainer = Trainer(model=model, train=train, total_steps=epochs * max(1, steps_per_epoch), device=device)
     core = unwrap(model)
     config = core.config

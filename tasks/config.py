@@ -55,7 +55,10 @@ class ModelConfig(_Strict):
     """The RQ-VAE fields of :class:`rqvae_core.config.RQVAEConfig`, except input_dim (set by the embedder) and seed."""
 
     hidden_dims: list[int] = list(_MODEL.hidden_dims)
-    embed_dim: int = Field(_MODEL.embed_dim, ge=1)
+    skip: bool = _MODEL.skip
+    """Identity-skip encoder/decoder: the untrained model is residual k-means on the embeddings."""
+    embed_dim: int | None = Field(_MODEL.embed_dim, ge=1)
+    """Latent size of the plain MLP encoder; only with skip=false."""
     n_levels: int = Field(_MODEL.n_levels, ge=1)
     codebook_size: int = Field(_MODEL.codebook_size, ge=2)
     quantizer: Literal["ste", "rotation"] = _MODEL.quantizer

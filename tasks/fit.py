@@ -129,7 +129,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         if in_train:
             ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 
-    fit(model=model, train=train, epoch_batches=epoch_batches, steps_per_epoch=steps, device=device, on_epoch_end=report)
+    # codebooks from residual k-means of the whole in-memory shard, not of the first batch
+    fit(model=model, train=train, epoch_batches=epoch_batches, steps_per_epoch=steps, device=device, on_epoch_end=report, init_data=x.to(device))
     # One checkpoint at the end (early stop and NaN included), with the history that explains it.
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:

@@ -1,4 +1,5 @@
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ FORBIDDEN = ["ray", "prefect", "polars", "pyarrow", "s3fs", "boto3", "botocore",
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
-    cfg = RQVAEConfig(input_dim=16, hidden_dims=(32,), embed_dim=8, codebook_size=8, ema=True, vae=True)
+    cfg = RQVAEConfig(input_dim=16, hidden_dims=(32,), skip=False, embed_dim=8, codebook_size=8, ema=True, vae=True)
     model = RQVAE(config=cfg)
     model.train()
     model(torch.randn(64, 16))  # k-means init + EMA buffers change state
@@ -29,18 +30,31 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 
 def test_checkpoint_is_not_a_pickle(tmp_path):
-    save_checkpoint(RQVAE(config=RQVAEConfig(input_dim=8, hidden_dims=(8,), embed_dim=4, codebook_size=4)), tmp_path)
+    save_checkpoint(RQVAE(config=RQVAEConfig(input_dim=8, hidden_dims=(8,), codebook_size=4)), tmp_path)
     head = (tmp_path / "model.safetensors").read_bytes()[:2]
     assert head != b"\x80\x04" and head[:1] != b"PK"  # neither a raw pickle nor torch's zip format
 
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(codebook_size=0), dict(n_levels=0), dict(embed_dim=0), dict(quantizer="nope"), dict(ema_decay=1.5), dict(ema=True, simvq=True)],
+    [
+        dict(codebook_size=0), dict(n_levels=0), dict(skip=False, embed_dim=0), dict(quantizer="nope"), dict(ema_decay=1.5),
+        dict(ema=True, simvq=True), dict(embed_dim=32), dict(skip=False), dict(vae=True),
+    ],
 )
 def test_config_rejects_out_of_range_values(bad):
     with pytest.raises(ValueError):
         RQVAEConfig(**bad)
+
+
+def test_a_checkpoint_from_before_the_skip_encoder_loads_as_the_mlp_bottleneck_it_was(tmp_path):
+    """Old config.json files have no ``skip`` key: they were plain MLP bottlenecks and must load as such."""
+    old = RQVAEConfig(input_dim=8, hidden_dims=(8,), skip=False, embed_dim=4, codebook_size=4)
+    save_checkpoint(RQVAE(config=old), tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    del d["skip"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert load_checkpoint(tmp_path).config == old
 
 
 def test_config_rejects_unknown_keys():

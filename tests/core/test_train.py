@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, encode_array, fit
+from rqvae_core.kmeans import residual_kmeans
 from rqvae_core.train import lr_at
 from tests.core.conftest import clustered, epochs_of
 
 SMALL = dict(input_dim=64, hidden_dims=(128, 64))
+BOTTLENECK = dict(SMALL, skip=False, embed_dim=16)
+"""The plain MLP bottleneck: starts from a random decoder, so every option must lower its recon."""
 
 
 def train(epochs: int, **kw) -> TrainConfig:
@@ -28,13 +31,39 @@ def test_kmeans_init_and_dead_code_restart_prevent_collapse():
         "toolbox": dict(quantizer="rotation", kmeans_init=True, dead_code_window=20),
         "plain_ste": dict(quantizer="ste", kmeans_init=False, dead_code_window=0),
     }.items():
-        cfg = RQVAEConfig(**SMALL, **extra)
+        cfg = RQVAEConfig(**BOTTLENECK, **extra)
         model = RQVAE(config=cfg)
-        fit(model=model, train=train(6), epoch_batches=epochs_of(x), steps_per_epoch=40)
+        fit(model=model, train=train(6, lr=5e-4), epoch_batches=epochs_of(x), steps_per_epoch=40)
         usage[name] = _active_share(model, x)
     assert min(usage["toolbox"]) >= 0.95, usage
     # plain STE from a random codebook collapses measurably: most codes are never used
     assert min(usage["toolbox"]) - max(usage["plain_ste"]) >= 0.5, usage
+
+
+def test_the_default_model_starts_as_residual_kmeans_of_the_whole_set():
+    """Skip encoder + data-initialised codebooks: before any step, the IDs are residual k-means's and x̂ = Σ codewords."""
+    x = clustered(n=3000, k=300)
+    cfg = RQVAEConfig(input_dim=64, codebook_size=32)
+    model = RQVAE(config=cfg)
+    model.init_codebooks(x)
+    enc = encode_array(model, x)
+    reference = residual_kmeans(x, n_levels=cfg.n_levels, k=cfg.codebook_size, iters=cfg.kmeans_iters, seed=cfg.seed)
+    assert torch.equal(enc.codes, reference.codes)
+    assert torch.allclose(enc.recon, enc.quantized) and torch.allclose(enc.distance, reference.distance, atol=1e-4)
+
+
+def test_data_initialised_codebooks_stay_in_use_without_restarts():
+    """The default (no dead-code restarts): training from residual k-means keeps the codes busy and lowers recon."""
+    x = clustered()
+    cfg = RQVAEConfig(**SMALL)
+    model = RQVAE(config=cfg)
+    start = residual_kmeans(x, n_levels=cfg.n_levels, k=cfg.codebook_size, iters=cfg.kmeans_iters, seed=cfg.seed).codes
+    history = fit(model=model, train=train(4), epoch_batches=epochs_of(x), steps_per_epoch=40, init_data=x).history
+    after, end = _active_share(model, x), encode_array(model, x).codes
+    assert all(not h.nonfinite for h in history)
+    assert min(after) >= 0.9, after
+    # fine-tuning starts from residual k-means's neighbourhoods and stays near them
+    assert (start[:, 0] == end[:, 0]).float().mean() >= 0.8
 
 
 @pytest.mark.parametrize(
@@ -51,7 +80,7 @@ def test_kmeans_init_and_dead_code_restart_prevent_collapse():
 )
 def test_every_option_trains_and_reduces_recon(options):
     x = clustered(n=4000, k=200)
-    cfg = RQVAEConfig(**SMALL, codebook_size=32, **options)
+    cfg = RQVAEConfig(**BOTTLENECK, codebook_size=32, **options)
     model = RQVAE(config=cfg)
     history = fit(model=model, train=train(4), epoch_batches=epochs_of(x, 256), steps_per_epoch=16).history
     assert all(not h.nonfinite for h in history)

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # A tiny but complete configuration: every stage runs for real, in well under a minute.
 TINY = {
     "embed": {"batch_size": 64},
-    "model": {"hidden_dims": [128, 64], "embed_dim": 16, "codebook_size": 16, "n_levels": 3, "dead_code_window": 5},
+    "model": {"hidden_dims": [128, 64], "codebook_size": 16, "n_levels": 3},
     "fit": {"epochs": 4, "batch_size": 64, "early_stop_patience": 0, "warmup_steps": 5},
 }
 

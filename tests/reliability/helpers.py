@@ -37,7 +37,7 @@ PYTHON = sys.executable
 # embed stage is recognised without starting Ray for a GPU probe.
 TINY = {
     "embed": {"batch_size": 64, "device": "cpu"},
-    "model": {"hidden_dims": [128, 64], "embed_dim": 16, "codebook_size": 16, "n_levels": 3, "dead_code_window": 5},
+    "model": {"hidden_dims": [128, 64], "codebook_size": 16, "n_levels": 3},
     "fit": {"epochs": 4, "batch_size": 64, "early_stop_patience": 0, "warmup_steps": 5},
 }
 N_ITEMS = 300

@@ -16,7 +16,7 @@ from tests.s3_fixture import BUCKET, moto_s3  # noqa: F401
 pytestmark = pytest.mark.slow
 DIM = 32
 CONFIG = {
-    "model": {"hidden_dims": [64], "embed_dim": 8, "codebook_size": 16, "n_levels": 2, "dead_code_window": 5},
+    "model": {"hidden_dims": [64], "codebook_size": 16, "n_levels": 2},
     "fit": {"epochs": 3, "batch_size": 64, "early_stop_patience": 0, "warmup_steps": 5},
 }
 
