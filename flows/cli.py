@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="catalog name used in the output path (default: the catalog file's stem)")
     run.add_argument("--run-id", help="run id used in the output path (default: UTC timestamp, e.g. 20261125T030000Z); re-using an unfinished run id resumes it")
     _add_config_options(run)
+    run.add_argument("--interactions", help="user interactions (user_sequence.txt, or a user_id,item_id,timestamp table): fuse collaborative item "
+                                            "vectors with the text embeddings so IDs also follow what users consume together (collab.* options; "
+                                            "each user's last collab.holdout_last=2 items are left out, so `semid evaluate` on the same file stays fair)")
     run.add_argument("--prior-run", help="a published run prefix, or 'latest' for this catalog's newest finished run: reuse its model frozen and keep unchanged items' IDs (stable re-tokenization)")
 
     run.add_argument("--retrain", action="store_true",
@@ -193,7 +196,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     log_file = args.log_file or run_log_path(args.out, name, run_id)
     with capture(console, log_file), show_run_logs(console), ProgressView(console):
         result = retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=config, prior_run=args.prior_run,
-                            retrain=args.retrain, reembed=args.reembed, retrain_on_drift=args.retrain_on_drift, force=args.force)
+                            retrain=args.retrain, reembed=args.reembed, retrain_on_drift=args.retrain_on_drift, force=args.force,
+                            interactions=args.interactions)
     console.result({**result, "name": name, "run_id": run_id, "log_file": console.log_file}, _run_text)
     console.info(f"log: {console.log_file}")
     return 0

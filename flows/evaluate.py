@@ -133,6 +133,7 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         raise stage.RunNotEvaluable(f"{eval_uri} already holds a finished evaluation; choose another eval id")
     work = storage.join(eval_uri, "_work")
     run, sequences = load_task(params)
+    stage.check_no_leak(run.manifest, params.interactions)
     with ray_session():
         baselines, vectors_info = baselines_task(run, params, work)
         id_sets = [run.ids, *baselines]

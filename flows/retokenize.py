@@ -1,4 +1,4 @@
-"""The product's main job as one Prefect flow: ingest → embed → fit → assign → export.
+"""The product's main job as one Prefect flow: ingest → embed → [collab] → fit → assign → export.
 
 The flow only wires: each task calls one stage function in ``tasks/`` and
 passes small manifests along. Ray runs in-process (local) unless
@@ -33,6 +33,7 @@ from tasks.chain import (
     retired_count,
     write_latest_pointer,
 )
+from tasks.collab import collab, collab_identity
 from tasks.config import PipelineConfig
 from tasks.embed import embed, model_identity, provided_vectors
 from tasks.errors import BadInput, is_bad_input
@@ -40,7 +41,7 @@ from tasks.export import export, is_published
 from tasks.fit import fit_model, reuse_model
 from tasks.ingest import ingest
 from tasks.locks import catalog_exclusion
-from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, StageResult, Stopwatch
+from tasks.manifest import AssignResult, CollabResult, EmbedResult, FitResult, IngestResult, StageResult, Stopwatch
 from tasks.ray_runtime import ray_session
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -101,15 +102,21 @@ def embed_task(items: IngestResult, work: str, cache: str, config: PipelineConfi
     return _log_stage(embed(items_uri=items.items, work_uri=work, cache_uri=cache, config=config.embed))
 
 
+@task(name="collab", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
+def collab_task(embedded: EmbedResult, interactions: str, work: str, config: PipelineConfig) -> CollabResult:
+    return _log_stage(collab(embeddings_uri=embedded.embeddings, embeddings_hash=embedded.input_hash, interactions=interactions,
+                             work_uri=work, config=config.collab, seed=config.seed))
+
+
 @task(name="fit", retries=0)
-def fit_task(embedded: EmbedResult, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> FitResult:
+def fit_task(embedded: EmbedResult | CollabResult, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> FitResult:
     if prior_run and not retrain:
         return _log_stage(reuse_model(prior_model_uri=storage.join(prior_run, "model"), work_uri=work, dim=embedded.dim))
     return _log_stage(fit_model(embeddings_uri=embedded.embeddings, embeddings_hash=embedded.input_hash, n_items=embedded.items, dim=embedded.dim, work_uri=work, config=config))
 
 
 @task(name="assign", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def assign_task(embedded: EmbedResult, fitted: FitResult, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
+def assign_task(embedded: EmbedResult | CollabResult, fitted: FitResult, work: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
     return _log_stage(assign(
         embeddings_uri=embedded.embeddings, embeddings_hash=embedded.input_hash, model_uri=fitted.model,
         model_hash=fitted.model_hash, work_uri=work, config=config, prior_run=prior_run, retrain=retrain,
@@ -117,9 +124,10 @@ def assign_task(embedded: EmbedResult, fitted: FitResult, work: str, config: Pip
 
 
 @task(name="export", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def export_task(prefix: str, items: IngestResult, embedded: EmbedResult, fitted: FitResult, assigned: AssignResult, run: dict[str, Any]) -> dict[str, Any]:
+def export_task(prefix: str, items: IngestResult, embedded: EmbedResult, fitted: FitResult, assigned: AssignResult, run: dict[str, Any],
+                collabed: CollabResult | None = None) -> dict[str, Any]:
     clock = Stopwatch()
-    manifest = export(prefix=prefix, ingest=items, embed=embedded, fit=fitted, assign=assigned, run=run)
+    manifest = export(prefix=prefix, ingest=items, embed=embedded, collab=collabed, fit=fitted, assign=assigned, run=run)
     get_run_logger().info("published %s: %s", prefix, manifest["counts"])
     progress.finished("export", done=manifest["counts"]["ided"], seconds=clock.seconds, note="published")
     return manifest
@@ -141,8 +149,12 @@ def retokenize(
     reembed: bool = False,
     retrain_on_drift: bool = False,
     force: bool = False,
+    interactions: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize one catalog into semantic IDs under ``<out>/<name>/<run_id>/``.
+
+    ``interactions``: user sequences whose co-occurrences are fused with the text
+    vectors before fitting (tasks/collab.py), so IDs also follow what users consume together.
 
     ``prior_run``: a published run prefix whose model is reused frozen and whose
     IDs are kept for unchanged items (stable nightly re-tokenization), or
@@ -176,21 +188,22 @@ def retokenize(
         elif prior_run and not is_published(prior_run):
             raise PriorRunError(f"prior run {prior_run} has no _SUCCESS; only finished runs can seed stable IDs")
         result = _run_stages(catalog=catalog, out=out, name=name, run_id=run_id, prefix=prefix, config=config, prior_run=prior_run,
-                             retrain=retrain, reembed=reembed, retrain_on_drift=retrain_on_drift, force=force)
+                             retrain=retrain, reembed=reembed, retrain_on_drift=retrain_on_drift, force=force, interactions=interactions)
         write_latest_pointer(catalog_prefix)
     publish_summary_artifact(prefix)
     return result
 
 
 def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, config: PipelineConfig, prior_run: str | None,
-                retrain: bool, reembed: bool, retrain_on_drift: bool, force: bool) -> dict[str, Any]:
+                retrain: bool, reembed: bool, retrain_on_drift: bool, force: bool, interactions: str | None) -> dict[str, Any]:
     logger = get_run_logger()
     work = storage.join(out, name, "_work", run_id)
     cache = storage.join(out, "_cache", "embeddings")
     prior = read_manifest(prior_run) if prior_run else None
     retrain = bool(prior_run and (retrain or reembed))
+    fused = collab_identity(interactions, config.collab) if interactions else {}
     if prior and not reembed and not config.ingest.embedding_column:  # the weights are known before embedding: refuse another embedder at once
-        check_embedding(prior, {"model": config.embed.model, "weights": model_identity(config.embed.model)}, reembed=False, keys=("weights",))
+        check_embedding(prior, {"model": config.embed.model, "weights": {**model_identity(config.embed.model), **fused}}, reembed=False, keys=("weights",))
     items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
     gates = gates_task(items, prior_run, config, force)
     # A catalog that cannot fit the ID space fails here, before any embedding or fitting. A reused
@@ -203,18 +216,20 @@ def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, 
     check_capacity(n_items=items.valid + taken, n_levels=n_levels, codebook_size=codebook_size)
     with ray_session():
         embedded = embed_task(items, work, cache, config)
-        embedding = embedding_identity(embedded.model_dump(), embedding_column=config.ingest.embedding_column)
+        collabed = collab_task(embedded, interactions, work, config) if interactions else None
+        vectors = collabed or embedded  # what the model is fitted on and encodes
+        embedding = embedding_identity(embedded.model_dump(), embedding_column=config.ingest.embedding_column, fused=fused, dim=vectors.dim)
         reembedded = check_embedding(prior, embedding, reembed=reembed) if prior else False
-        fitted = fit_task(embedded, work, config, prior_run, retrain)
-        assigned = assign_task(embedded, fitted, work, config, prior_run, retrain)
+        fitted = fit_task(vectors, work, config, prior_run, retrain)
+        assigned = assign_task(vectors, fitted, work, config, prior_run, retrain)
         drift = assigned.drift
         retrain_reason = ("reembed" if reembed else "explicit") if retrain else None
         if drift and drift["flagged"]:
             logger.warning("drift: %s%s", drift["reason"], "; retraining (--retrain-on-drift)" if retrain_on_drift else "")
             if retrain_on_drift:
                 retrain, retrain_reason = True, "drift"
-                fitted = fit_task(embedded, work, config, prior_run, retrain)
-                assigned = assign_task(embedded, fitted, work, config, prior_run, retrain)
+                fitted = fit_task(vectors, work, config, prior_run, retrain)
+                assigned = assign_task(vectors, fitted, work, config, prior_run, retrain)
         chain = {
             "embedding": embedding,
             "model_version": model_version(prior, retrained=retrain),
@@ -226,7 +241,7 @@ def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, 
             **({"remap": "changes/"} if retrain else {}),
         }
         run = {"catalog": catalog, "name": name, "run_id": run_id, "config": config.model_dump(), "prior_run": prior_run, "retrain": retrain, "chain": chain}
-        manifest = export_task(prefix, items, embedded, fitted, assigned, run)
+        manifest = export_task(prefix, items, embedded, fitted, assigned, run, collabed)
     storage.remove(work)
     storage.remove_if_empty(storage.join(out, name, "_work"))
     return {"prefix": prefix, "counts": manifest["counts"], "skipped": False}

@@ -141,19 +141,23 @@ def read_manifest(prefix: str) -> dict[str, Any]:
     return storage.read_json(storage.join(prefix, "manifest.json"))
 
 
-def embedding_identity(embed_info: dict[str, Any], *, embedding_column: str | None = None) -> dict[str, Any]:
+def embedding_identity(embed_info: dict[str, Any], *, embedding_column: str | None = None, fused: dict[str, str] | None = None,
+                       dim: int | None = None) -> dict[str, Any]:
     """What a run's vectors depend on: model name (for messages), weights identity, precision, dimension.
 
     Vectors brought in a catalog column (``ingest.embedding_column``) come from the user's own
     encoder: their identity is the column's name and dimension (keeping that stable is theirs).
+    ``fused`` (``--interactions``, :func:`tasks.collab.collab_identity`) joins the weights' identity,
+    and ``dim`` is then the fused vectors' size.
     """
+    dim = int(embed_info["dim"] if dim is None else dim)
     if embedding_column:
-        return {"model": f"column {embedding_column}", "weights": {"embedding_column": embedding_column}, "precision": "provided", "dim": int(embed_info["dim"])}
+        return {"model": f"column {embedding_column}", "weights": {"embedding_column": embedding_column, **(fused or {})}, "precision": "provided", "dim": dim}
     return {
         "model": embed_info["model"],
-        "weights": embed_info["model_identity"],
+        "weights": {**embed_info["model_identity"], **(fused or {})},
         "precision": "fp16" if embed_info.get("fp16") else "fp32",
-        "dim": int(embed_info["dim"]),
+        "dim": dim,
     }
 
 

@@ -106,6 +106,19 @@ class FitConfig(_Strict):
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
+class CollabConfig(_Strict):
+    """``semid run --interactions``: collaborative item vectors fused with the text embeddings (tasks/collab.py)."""
+
+    dim: int = Field(64, ge=1)
+    """Size of the collaborative part (truncated SVD of the item co-occurrence PPMI)."""
+    weight: float = Field(1.0, ge=0)
+    """Length of the collaborative part against the unit-length text part (0 = text only)."""
+    window: int = Field(3, ge=1)
+    """Items at most this many positions apart in a user's sequence count as consumed together."""
+    holdout_last: int = Field(2, ge=0)
+    """Each user's last items left out of the ID fit: 2 keeps `semid evaluate`'s validation and test items unseen."""
+
+
 class AssignConfig(_Strict):
     batch_size: int = Field(4096, ge=1)
     num_blocks: int = Field(8, ge=1)
@@ -144,6 +157,7 @@ class PipelineConfig(_Strict):
     embed: EmbedConfig = EmbedConfig()
     model: ModelConfig = ModelConfig()
     fit: FitConfig = FitConfig()
+    collab: CollabConfig = CollabConfig()
     assign: AssignConfig = AssignConfig()
     gates: GatesConfig = GatesConfig()
     drift: DriftConfig = DriftConfig()

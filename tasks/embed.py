@@ -188,7 +188,7 @@ def _vector_type(dim: int) -> pa.DataType:
     return pa.list_(pa.float32(), dim)
 
 
-def _vectors_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+def vectors_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
@@ -280,7 +280,7 @@ def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool
         vectors.append(np.asarray(batch["vector"], dtype=np.float32))
         progress.report(STAGE, sum(len(h) for h in hashes), texts.num_rows)
     matrix = np.concatenate(vectors)
-    out = pa.table({"text_hash": pa.array(np.concatenate(hashes).tolist(), pa.string()), "vector": _vectors_array(matrix)})
+    out = pa.table({"text_hash": pa.array(np.concatenate(hashes).tolist(), pa.string()), "vector": vectors_array(matrix)})
     if out.num_rows != texts.num_rows:
         raise RuntimeError(f"embed: {texts.num_rows} texts in, {out.num_rows} vectors out")
     return out, num_actors

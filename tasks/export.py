@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 from tasks import storage
-from tasks.manifest import AssignResult, EmbedResult, FitResult, IngestResult, Stopwatch
+from tasks.manifest import AssignResult, CollabResult, EmbedResult, FitResult, IngestResult, Stopwatch
 from tasks.report import render_quality_html
 
 SUCCESS = "_SUCCESS"
@@ -45,10 +45,11 @@ def is_published(prefix: str) -> bool:
     return storage.exists(storage.join(prefix, SUCCESS))
 
 
-def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitResult, assign: AssignResult, run: dict[str, Any]) -> dict[str, Any]:
+def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitResult, assign: AssignResult, run: dict[str, Any],
+           collab: CollabResult | None = None) -> dict[str, Any]:
     """Write the run's output layout and return its manifest (as written to ``manifest.json``)."""
     clock = Stopwatch()
-    stages = {"ingest": ingest, "embed": embed, "fit": fit, "assign": assign}
+    stages = {"ingest": ingest, "embed": embed, **({"collab": collab} if collab else {}), "fit": fit, "assign": assign}
     counts = reconcile(input=ingest.input, ided=assign.ided, quarantined=ingest.quarantined)
     storage.remove(prefix)  # a half-written earlier attempt; never a published one (checked by the caller)
     files: dict[str, list[str]] = {}

@@ -79,6 +79,28 @@ class EmbedResult(StageResult):
     items_per_s: float
 
 
+class CollabResult(StageResult):
+    """Text vectors fused with collaborative ones (``--interactions``): what fit and assign read instead of embed's."""
+
+    stage: ClassVar[str] = "collab"
+    embeddings: str
+    items: int
+    dim: int
+    text_dim: int
+    cf_dim: int
+    interactions: str
+    interactions_sha256: str
+    weight: float
+    window: int
+    holdout_last: int
+    users: int
+    interactions_used: int
+    items_with_interactions: int
+    cold_items: int
+    unknown_items: int
+    unknown_interactions: int
+
+
 class FitResult(StageResult):
     stage: ClassVar[str] = "fit"
     model: str

@@ -181,8 +181,8 @@ def _from_table(table, uri: str) -> Sequences:
     return Sequences(users=out_users, items=out_items)
 
 
-def restrict_to_known(sequences: Sequences, known_items: set[str] | frozenset[str]) -> tuple[Sequences, DroppedReport]:
-    """Drop interactions with items the run has no ID for, then users left too short to split.
+def restrict_to_known(sequences: Sequences, known_items: set[str] | frozenset[str], *, min_items: int = MIN_ITEMS) -> tuple[Sequences, DroppedReport]:
+    """Drop interactions with items the run has no ID for, then users left with fewer than ``min_items`` (too short to split).
 
     Returns the kept sequences and a report of everything dropped (never silent).
     """
@@ -196,7 +196,7 @@ def restrict_to_known(sequences: Sequences, known_items: set[str] | frozenset[st
                 kept.append(it)
             else:
                 unknown_counts[it] = unknown_counts.get(it, 0) + 1
-        if len(kept) < MIN_ITEMS:
+        if len(kept) < min_items:
             short += 1
             continue
         users.append(user)

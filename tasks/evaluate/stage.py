@@ -206,6 +206,20 @@ def write_evaluation(eval_uri: str, payload: dict[str, Any]) -> str:
     return eval_uri
 
 
+def check_no_leak(manifest: dict[str, Any], interactions: str) -> None:
+    """Refuse to score IDs that were fitted (``semid run --interactions``) on this file's validation or test items.
+
+    Leave-one-out holds out each user's last two items; a run whose collab stage kept fewer
+    than two of them out saw the answers.
+    """
+    collab = manifest.get("stages", {}).get("collab")
+    if collab and collab["holdout_last"] < 2 and collab["interactions_sha256"] == file_sha256(interactions):
+        raise RunNotEvaluable(
+            f"the run's IDs were fitted on these interactions with collab.holdout_last={collab['holdout_last']}: they saw the "
+            "validation/test items of this evaluation (leave-one-out needs holdout_last >= 2)"
+        )
+
+
 def file_sha256(uri: str) -> str:
     return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
 

@@ -64,7 +64,7 @@ def test_training_shards_keep_the_embedding_order_and_the_sample_is_a_hash_of_th
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.embed import _vectors_array
+    from tasks.embed import vectors_array
     from tasks.fit import load_shard, sample_threshold
 
     sizes = [300, 350, 400, 300]
@@ -75,7 +75,7 @@ def test_training_shards_keep_the_embedding_order_and_the_sample_is_a_hash_of_th
         matrix = np.zeros((n, 8), dtype=np.float32)
         matrix[:, 0] = np.arange(start, start + n)
         files.append(str(tmp_path / f"part-{i:05d}.parquet"))
-        pq.write_table(pa.table({"item_id": ids, "text_hash": hashes, "vector": _vectors_array(matrix)}), files[-1])
+        pq.write_table(pa.table({"item_id": ids, "text_hash": hashes, "vector": vectors_array(matrix)}), files[-1])
         start += n
     full = load_shard(files, rank=0, world_size=1, threshold=1 << 32)
     assert np.array_equal(full[:, 0], np.arange(start))

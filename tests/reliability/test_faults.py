@@ -119,7 +119,7 @@ def test_actors_that_die_on_every_batch_fail_the_stage_instead_of_hanging(tmp_pa
     ids = [f"I{i:03d}" for i in range(n)]
     vectors = np.random.default_rng(0).standard_normal((n, 384)).astype(np.float32)
     (tmp_path / "embed").mkdir()
-    pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "vector": embed_mod._vectors_array(vectors)}), tmp_path / "embed" / "part-00000.parquet")
+    pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "vector": embed_mod.vectors_array(vectors)}), tmp_path / "embed" / "part-00000.parquet")
     texts = pa.table({"text_hash": ids, "text": [f"item {i}" for i in ids]})
     with ray_session(num_cpus=2):
         for name, call in {
