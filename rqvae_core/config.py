@@ -25,8 +25,8 @@ class RQVAEConfig:
     skip: bool = True
     """Identity-skip encoder and decoder: z = x + MLP(x), x̂ = q + MLP(q), the MLPs' last layers
     zero-initialised. An untrained model is then exactly residual k-means on the embeddings (with
-    :meth:`RQVAE.init_codebooks`), the baseline every ID must beat, and training can only move
-    away from it where that lowers the loss. A plain MLP bottleneck (``skip=false``) squeezes the
+    :meth:`RQVAE.init_codebooks`), the baseline every ID must beat, and training fine-tunes from
+    there instead of from a random projection. A plain MLP bottleneck (``skip=false``) squeezes the
     embedding into ``embed_dim`` and, measured on Beauty, loses neighbourhoods residual k-means keeps."""
     embed_dim: int | None = None
     """Latent size of the plain MLP encoder (``skip=false`` only; the skip encoder's latent is the input's size)."""
