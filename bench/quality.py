@@ -3,6 +3,7 @@
     .venv/bin/python bench/quality.py                        # default run + evaluate, seeds 0,1, default steps
     .venv/bin/python bench/quality.py --steps 1500 --seeds 0,1,2
     .venv/bin/python bench/quality.py --run out/bench_quality/Amazon_Beauty/bench   # evaluate an existing run
+    .venv/bin/python bench/quality.py --run out/bench_quality/Amazon_Beauty/collab1 --baselines rkmeans   # a --interactions run
     .venv/bin/python bench/quality.py --set fit.epochs=10                           # pipeline overrides
 
 1. ``semid run`` on ``Amazon_Beauty.item`` (title + brand + categories, the
@@ -83,6 +84,7 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="pipeline config override (repeatable)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per ID set and seed (default {DEFAULT_STEPS})")
     ap.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
+    ap.add_argument("--baselines", default="rkmeans,random", help="baseline ID sets, comma-separated; rkmeans is required for the ratio (default rkmeans,random)")
     ap.add_argument("--num-workers", type=int, default=2, help="Ray Train workers; the (ID set, seed) jobs are spread over them (default 2)")
     ap.add_argument("--in-process", action="store_true", help="train without Ray Train (same engine)")
     args = ap.parse_args()
@@ -104,7 +106,7 @@ def main() -> int:
         prefix = str(Path(args.out) / name / run_id)
     pipeline_s = time.perf_counter() - t0
     seeds = [int(s) for s in args.seeds.split(",")]
-    payload = evaluate(EvaluateParams(run=prefix, interactions=args.interactions, baselines=["rkmeans", "random"],
+    payload = evaluate(EvaluateParams(run=prefix, interactions=args.interactions, baselines=args.baselines.split(","),
                                       steps=args.steps, seeds=seeds, num_workers=args.num_workers, in_process=args.in_process))
     print(f"\nrun {prefix} (pipeline {pipeline_s:.0f} s); evaluation {payload['eval_id']} ({payload['wall_seconds']:.0f} s), "
           f"{payload['n_users']} users, seeds {seeds}, {args.steps} steps x batch {payload['config']['batch_size']}, torch {torch.get_num_threads()} thread(s)\n")
