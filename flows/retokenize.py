@@ -103,9 +103,9 @@ def embed_task(items: IngestResult, work: str, cache: str, config: PipelineConfi
 
 
 @task(name="collab", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def collab_task(embedded: EmbedResult, interactions: str, work: str, config: PipelineConfig) -> CollabResult:
+def collab_task(embedded: EmbedResult, interactions: str, interactions_sha256: str, work: str, config: PipelineConfig) -> CollabResult:
     return _log_stage(collab(embeddings_uri=embedded.embeddings, embeddings_hash=embedded.input_hash, interactions=interactions,
-                             work_uri=work, config=config.collab, seed=config.seed))
+                             interactions_sha256=interactions_sha256, work_uri=work, config=config.collab, seed=config.seed))
 
 
 @task(name="fit", retries=0)
@@ -216,7 +216,7 @@ def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, 
     check_capacity(n_items=items.valid + taken, n_levels=n_levels, codebook_size=codebook_size)
     with ray_session():
         embedded = embed_task(items, work, cache, config)
-        collabed = collab_task(embedded, interactions, work, config) if interactions else None
+        collabed = collab_task(embedded, interactions, fused["interactions_sha256"], work, config) if interactions else None
         vectors = collabed or embedded  # what the model is fitted on and encodes
         embedding = embedding_identity(embedded.model_dump(), embedding_column=config.ingest.embedding_column, fused=fused, dim=vectors.dim)
         reembedded = check_embedding(prior, embedding, reembed=reembed) if prior else False

@@ -25,7 +25,7 @@ from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans
 from tasks import progress, storage
 from tasks.config import PipelineConfig
 from tasks.drift import drift_report
-from tasks.embed import actor_fault_tolerance
+from tasks.embed import actor_fault_tolerance, vectors_matrix
 from tasks.fit import load_model, read_vectors
 from tasks.manifest import AssignResult, hash_of, run_stage, stage_dir
 from tasks.resolve import reassign_partitioned, resolve_partitioned
@@ -280,5 +280,5 @@ def _sample_vectors(embeddings_uri: str, wanted: set[str]) -> np.ndarray:
         t = storage.read_parquet(uri)
         t = t.filter(pc.is_in(t["item_id"], value_set=value_set))
         if t.num_rows:
-            rows.append(np.asarray(t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(t.num_rows, -1))
+            rows.append(vectors_matrix(t))
     return np.concatenate(rows)

@@ -35,7 +35,7 @@ import ray
 
 from tasks import storage
 from tasks.config import CollabConfig
-from tasks.embed import vectors_array
+from tasks.embed import vectors_array, vectors_matrix
 from tasks.evaluate.interactions import InteractionsError, read_interactions, restrict_to_known
 from tasks.manifest import CollabResult, hash_of, run_stage, stage_dir
 
@@ -94,7 +94,7 @@ def _collab_job(*, files: list[str], interactions: str, out_dir: str, config: di
     tables = [storage.read_parquet(f) for f in files]
     item_ids = [i for t in tables for i in t["item_id"].to_pylist()]
     index = {item: row for row, item in enumerate(item_ids)}
-    text = np.concatenate([np.asarray(t["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(t.num_rows, -1) for t in tables])
+    text = np.concatenate([vectors_matrix(t) for t in tables])
     sequences, dropped = restrict_to_known(read_interactions(interactions), set(index), min_items=1)
     train = [np.array([index[i] for i in seq[: len(seq) - cfg.holdout_last]], dtype=np.int64) for seq in sequences.items]
     train = [s for s in train if len(s)]
@@ -134,9 +134,13 @@ def collab_identity(interactions: str, config: CollabConfig) -> dict[str, str]:
     }
 
 
-def collab(*, embeddings_uri: str, embeddings_hash: str, interactions: str, work_uri: str, config: CollabConfig, seed: int) -> CollabResult:
-    """Fuse the run's text vectors with collaborative vectors learned from ``interactions`` (one Ray task)."""
-    sha = interactions_sha256(interactions)
+def collab(*, embeddings_uri: str, embeddings_hash: str, interactions: str, interactions_sha256: str, work_uri: str,
+           config: CollabConfig, seed: int) -> CollabResult:
+    """Fuse the run's text vectors with collaborative vectors learned from ``interactions`` (one Ray task).
+
+    ``interactions_sha256``: from :func:`collab_identity`, which the flow computes before embedding.
+    """
+    sha = interactions_sha256
     files = storage.list_parquet(embeddings_uri)
     if not files:
         raise FileNotFoundError(f"no embeddings under {embeddings_uri}")

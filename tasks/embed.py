@@ -193,6 +193,12 @@ def vectors_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
+def vectors_matrix(table: pa.Table) -> np.ndarray:
+    """The (rows, dim) float32 matrix of a table's ``vector`` column (the inverse of :func:`vectors_array`)."""
+    flat = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
+
+
 def _unique_texts(items: pa.Table) -> pa.Table:
     """One row per text_hash (text_hash, text), first occurrence kept."""
     g = items.group_by("text_hash", use_threads=False).aggregate([("text", "first")])

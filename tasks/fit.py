@@ -37,6 +37,7 @@ from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, fit, load_checkpoint, sa
 from rqvae_core.train import EpochMetrics
 from tasks import progress, storage
 from tasks.config import PipelineConfig
+from tasks.embed import vectors_matrix
 from tasks.errors import BadInput
 from tasks.manifest import FitResult, hash_of, run_stage, stage_dir
 
@@ -75,8 +76,7 @@ def load_shard(files: list[str], *, rank: int, world_size: int, threshold: int) 
             prefix = np.array([int(h[:8], 16) for h in table["text_hash"].to_pylist()], dtype=np.int64)
             table = table.filter(pa.array(prefix < threshold))
         if table.num_rows:
-            vec = table["vector"].combine_chunks()
-            matrices.append(np.asarray(vec.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(table.num_rows, -1))
+            matrices.append(vectors_matrix(table))
     if not matrices:
         raise TrainingFailed(f"worker {rank} has no training rows ({len(mine)} embedding parts)")
     x = np.concatenate(matrices)

@@ -72,7 +72,7 @@ def output_root(run_prefix: str) -> str:
 def run_vectors(run_prefix: str, manifest: dict[str, Any], *, work_uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(item_ids, vectors, embed counts) for the run's items, via the embed stage and the run's embedding cache."""
     from tasks.config import EmbedConfig
-    from tasks.embed import embed
+    from tasks.embed import embed, vectors_matrix
 
     params = manifest.get("params", {})
     if params.get("ingest", {}).get("embedding_column"):
@@ -83,9 +83,8 @@ def run_vectors(run_prefix: str, manifest: dict[str, Any], *, work_uri: str) -> 
     cache = storage.join(output_root(run_prefix), "_cache", "embeddings")
     done = embed(items_uri=storage.join(run_prefix, "items"), work_uri=work_uri, cache_uri=cache, config=config)
     table = storage.read_parquet(done.embeddings)
-    vectors = np.asarray(table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     counts = {"items": done.items, "embedded": done.embedded, "cache_hits": done.cache_hits}
-    return np.asarray(table["item_id"].to_pylist()), vectors.reshape(table.num_rows, -1), counts
+    return np.asarray(table["item_id"].to_pylist()), vectors_matrix(table), counts
 
 
 def build_baselines(run: RunIds, run_prefix: str, names: list[str], *, seed: int, work_uri: str) -> tuple[list[IdSet], dict[str, Any]]:
