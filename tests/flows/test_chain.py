@@ -25,15 +25,6 @@ pytestmark = pytest.mark.slow
 FIELDS = ["item_id", "title", "brand", "categories", "description", "price"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _logging_on_the_session_stream(prefect_harness):
-    # Prefect binds its console handler to the stream of the first flow run; with capsys that stream closes
-    # at the end of the test and later flow runs fail on logging. Bind it to pytest's session stream first.
-    from prefect.logging.configuration import setup_logging
-
-    setup_logging(incremental=False)
-
-
 @pytest.fixture(scope="module")
 def one_ray():
     """One local Ray for the module's runs (each flow run reuses it instead of starting its own)."""
