@@ -235,23 +235,67 @@ class MetricsAccumulator:
             _, sizes = np.unique(keys, axis=0, return_counts=True)
         return sizes
 
+    def partial(self) -> MetricsPartial:
+        """The accumulator reduced to O(L·K) numbers: what a worker ships to be merged with ``merge_partials``.
+
+        Collision groups are reduced to a histogram of group sizes, so partials merge
+        exactly only when no L-tuple spans two of them, e.g. one partial per first-level
+        code (how the assign stage partitions its items).
+        """
+        sizes = self._group_sizes() if self._n_items else np.zeros(0, dtype=np.int64)
+        size_values, size_counts = np.unique(sizes, return_counts=True)
+        return MetricsPartial(
+            n_levels=self.n_levels, codebook_size=self.codebook_size, n_items=self._n_items, n_values=self._n_values,
+            sq_err=self._sq_err, abs_err=self._abs_err, cos_sum=self._cos_sum, counts=self._counts.copy(),
+            group_sizes={int(s): int(n) for s, n in zip(size_values, size_counts)},
+        )
+
     def finalize(self, *, prefix_coherence: list[float] | None = None) -> CorpusMetrics:
         """Reduce to ``CorpusMetrics``; ``prefix_coherence`` comes from the function of that name."""
-        if self._n_items == 0:
-            raise ValueError("MetricsAccumulator.finalize: no items were added")
-        sizes = self._group_sizes()
-        size_values, size_counts = np.unique(sizes, return_counts=True)
-        return CorpusMetrics(
-            n_items=self._n_items,
-            recon_mse=self._sq_err / self._n_values,
-            recon_mae=self._abs_err / self._n_values,
-            recon_cosine=self._cos_sum / self._n_items,
-            levels=[_level_usage(level=l, counts=self._counts[l]) for l in range(self.n_levels)],
-            unique_tuple_rate=len(sizes) / self._n_items,
-            largest_collision_group=int(sizes.max()),
-            collision_group_sizes={int(s): int(n) for s, n in zip(size_values, size_counts)},
-            prefix_coherence=[float(v) for v in (prefix_coherence or [])],
-        )
+        return merge_partials([self.partial()], prefix_coherence=prefix_coherence)
+
+
+@dataclass(frozen=True)
+class MetricsPartial:
+    """Sums, per-level code counts and the collision-group size histogram of a disjoint share of the items."""
+
+    n_levels: int
+    codebook_size: int
+    n_items: int
+    n_values: int
+    sq_err: float
+    abs_err: float
+    cos_sum: float
+    counts: np.ndarray  # (L, K) int64
+    group_sizes: dict[int, int]  # group size -> number of groups
+
+
+def merge_partials(parts: list[MetricsPartial], *, prefix_coherence: list[float] | None = None) -> CorpusMetrics:
+    """``CorpusMetrics`` of the union of partials whose L-tuples are disjoint (sums add, histograms add)."""
+    n_items = sum(p.n_items for p in parts)
+    if n_items == 0:
+        raise ValueError("MetricsAccumulator.finalize: no items were added")
+    shapes = {(p.n_levels, p.codebook_size) for p in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"partials of different shapes (L, K) cannot be merged: {sorted(shapes)}")
+    n_levels, _ = shapes.pop()
+    n_values = sum(p.n_values for p in parts)
+    counts = np.sum([p.counts for p in parts], axis=0)
+    sizes: dict[int, int] = {}
+    for p in parts:
+        for size, n in p.group_sizes.items():
+            sizes[size] = sizes.get(size, 0) + n
+    return CorpusMetrics(
+        n_items=n_items,
+        recon_mse=sum(p.sq_err for p in parts) / n_values,
+        recon_mae=sum(p.abs_err for p in parts) / n_values,
+        recon_cosine=sum(p.cos_sum for p in parts) / n_items,
+        levels=[_level_usage(level=l, counts=counts[l]) for l in range(n_levels)],
+        unique_tuple_rate=sum(sizes.values()) / n_items,
+        largest_collision_group=max(sizes),
+        collision_group_sizes=dict(sorted(sizes.items())),
+        prefix_coherence=[float(v) for v in (prefix_coherence or [])],
+    )
 
 
 # --------------------------------------------------------------------------- prefix coherence

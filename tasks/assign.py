@@ -1,116 +1,394 @@
-"""Encode every item with Ray Data (many blocks, an actor pool) and resolve IDs per first-level code.
+"""Assign: encode every item and resolve unique IDs; per-item data moves only between Ray workers and storage.
 
-Workers ship back only what assignment and the quality report need per item
-(codes, distance, the last-level residual, three reconstruction scalars). The
-ID rules live in ``rqvae_core.ids``; ``tasks.resolve`` applies them one
-first-level code at a time (groups and overflow never cross it), with results
-identical to one global pass. The encoded rows are still gathered here on the
-driver; writing them as shards partitioned by first-level code and resolving
-each partition in a Ray task is the next step (issue 9).
+The driver sees file names, counts and per-partition summaries (O(L·K) numbers each),
+never a per-item array, so the stage's driver memory does not grow with the catalog.
+Items are split into P *partitions* by first-level code (``code mod P``): collision
+groups and overflow never cross a first-level code (``tasks.resolve``), so each
+partition resolves on its own and the IDs are byte-identical to one global pass.
+
+1. **encode** — a Ray Data actor pool encodes the embedding shards; each actor writes
+   its batch's rows straight to ``encoded/<p>/`` (codes, distance, last-level residual,
+   reconstruction scalars). With a prior run it also writes (item_id, text_hash,
+   partition) to ``current/<h>/``, split by item-id hash, for the match step.
+2. **match** (prior run only) — one task per prior file scatters the prior IDs by
+   item-id hash (``prior/<h>/``) and the prior retired IDs by partition
+   (``retired_in/<p>/``); one task per hash bucket joins current and prior items and
+   sends each decision to the partition that owns the ID: a kept item to its prior
+   ID's partition, a new or changed item to its code's, a prior ID no longer held
+   (changed, removed; every prior ID on a retrain) to its own (``decisions/<p>/``).
+3. **resolve** — one task per partition applies ``tasks.resolve`` and writes its part
+   of ``semantic_ids/``, ``changes/`` and ``retired/``; it returns counts, a metrics
+   partial, per-first-code digests, drift sums and the items of a hash-based sample.
+4. **quality** — one task reads the sampled items' vectors and compares the run's
+   codes with residual k-means on them (issue 8: the IDs are the product).
+
+P = ceil(items / ``assign.partition_rows``), at most ``assign.max_partitions``; a
+catalog below ``partition_rows`` is one partition, one task per step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from rqvae_core.ids import check_capacity, format_sid
-from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans
+from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans, merge_partials
 from tasks import progress, storage
-from tasks.config import PipelineConfig
-from tasks.drift import drift_report
+from tasks.config import AssignConfig, DriftConfig, PipelineConfig
+from tasks.drift import code_counts, drift_report
 from tasks.embed import actor_fault_tolerance, vectors_matrix
 from tasks.fit import load_model, read_vectors
 from tasks.manifest import AssignResult, hash_of, run_stage, stage_dir
-from tasks.resolve import reassign_partitioned, resolve_partitioned
+from tasks.resolve import partition_key, resolve_partitioned
 
-PART_ROWS = 500_000
-
-
-class ItemEncoder:
-    """Ray Data actor: loads the checkpoint once, encodes batches of vectors."""
-
-    def __init__(self, *, model_uri: str, device: str) -> None:
-        torch.set_num_threads(1)
-        self.device = device
-        self.model = load_model(model_uri).to(device).eval()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        v = batch["vector"]
-        x = torch.from_numpy(np.stack(v) if v.dtype == object else v).float().to(self.device)
-        enc = self.model.encode_items(x)
-        diff = x - enc.recon
-        return {
-            "item_id": batch["item_id"],
-            "text_hash": batch["text_hash"],
-            "codes": enc.codes.to(torch.int32).cpu().numpy(),
-            "distance": enc.distance.cpu().numpy().astype(np.float64),
-            "last_residual": enc.last_residual.cpu().numpy(),
-            "sq_err": diff.pow(2).sum(-1).cpu().numpy(),
-            "abs_err": diff.abs().sum(-1).cpu().numpy(),
-            "cosine": torch.nn.functional.cosine_similarity(x, enc.recon, dim=-1).cpu().numpy(),
-        }
+QUALITY_SAMPLE = 20_000  # items in the quality sample (coherence vs residual k-means, recon histogram)
+_TASK = {"num_cpus": 1, "max_retries": 2}  # every task writes deterministic file names: a retry overwrites
 
 
-def _read_prior(prior_run: str) -> dict[str, Any]:
-    ids = storage.read_parquet(storage.join(prior_run, "semantic_ids"))
-    retired_uri = storage.join(prior_run, "retired")
-    retired = storage.read_parquet(retired_uri)["codes"].to_pylist() if storage.list_parquet(retired_uri) else []
-    return {
-        "item_ids": np.asarray(ids["item_id"].to_pylist(), dtype=object),
-        "text_hashes": np.asarray(ids["text_hash"].to_pylist(), dtype=object),
-        "sids": np.asarray(ids["sid"].to_pylist(), dtype=object),
-        "codes": np.asarray(ids["codes"].to_pylist(), dtype=np.int64),
-        "retired": retired,
-        "quality": storage.read_json(storage.join(prior_run, "quality.json")),
-    }
+# --------------------------------------------------------------------------- keys and files
+
+def item_hash(item_ids: Any, *, seed: int) -> np.ndarray:
+    """A 64-bit hash of each item id (polars, vectorised); the same in every process of a run."""
+    return pl.Series(values=np.asarray(item_ids, dtype=object), dtype=pl.String).hash(seed=seed).to_numpy()
 
 
-def _split_retired(rows: list[list[int]], *, n_levels: int, codebook_size: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Retired IDs that can collide with this model's IDs (length L+1, codes < K), and the rest.
+def _bucket_dir(root: str, bucket: int) -> str:
+    return storage.join(root, f"{bucket:05d}")
+
+
+def _name(item_ids: np.ndarray) -> str:
+    """File name of one batch's rows: from its first item, so a retried batch overwrites its own files."""
+    return hashlib.sha1(str(item_ids[0]).encode()).hexdigest()[:20] if len(item_ids) else "empty"
+
+
+def _write_split(table: pa.Table, keys: np.ndarray, *, root: str, name: str) -> None:
+    """One file per key present: ``<root>/<key>/<name>.parquet``."""
+    for key in np.unique(keys).tolist():
+        storage.write_parquet(table.filter(pa.array(keys == key)), storage.join(_bucket_dir(root, key), f"{name}.parquet"))
+
+
+def _read_dir(uri: str, schema: pa.Schema) -> pa.Table:
+    """Every file under ``uri`` as one table (an empty table of ``schema`` when there is none)."""
+    files = storage.list_parquet(uri)
+    if not files:
+        return schema.empty_table()
+    fs, _ = storage.filesystem(uri)
+    return pa.concat_tables([pq.read_table(storage.filesystem(f)[1], filesystem=fs, schema=schema) for f in files])
+
+
+def _codes_array(codes: np.ndarray) -> pa.Array:
+    width = codes.shape[1]
+    flat = pa.array(np.ascontiguousarray(codes, dtype=np.int32).ravel(), type=pa.int32())
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32)), flat)
+
+
+def _codes_matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    """A list<int32> column whose rows all have ``width`` codes as an (N, width) int64 matrix."""
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    return values.astype(np.int64).reshape(-1, width)
+
+
+def _fixed(matrix: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(matrix).ravel(), dtype), matrix.shape[1])
+
+
+def _encoded_schema(n_levels: int, latent_dim: int) -> pa.Schema:
+    return pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("codes", pa.list_(pa.int32(), n_levels)),
+                      ("distance", pa.float64()), ("last_residual", pa.list_(pa.float32(), latent_dim)),
+                      ("sq_err", pa.float64()), ("abs_err", pa.float64()), ("cosine", pa.float64())])
+
+
+CURRENT = pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("partition", pa.int64())])
+PRIOR = pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("codes", pa.list_(pa.int32())), ("sid", pa.string())])
+RETIRED = pa.schema([("codes", pa.list_(pa.int32()))])
+DECISIONS = pa.schema([("item_id", pa.string()), ("kind", pa.string()), ("text_hash", pa.string()), ("codes", pa.list_(pa.int32())),
+                       ("old_sid", pa.string()), ("status", pa.string())])
+IDS = pa.schema([("item_id", pa.string()), ("codes", pa.list_(pa.int32())), ("sid", pa.string()), ("text_hash", pa.string())])
+CHANGES = pa.schema([("item_id", pa.string()), ("old_sid", pa.string()), ("new_sid", pa.string()), ("status", pa.string())])
+
+
+def _fits(rows: list[list[int]], *, n_levels: int, codebook_size: int) -> np.ndarray:
+    """Which IDs can collide with this model's IDs (length L+1, codes < K).
 
     After a retrain with another L or K, older IDs have another length or codes this
     model cannot produce: they can never be issued again, but they stay in the
     lineage's retired list.
     """
-    fits = [r for r in rows if len(r) == n_levels + 1 and max(r) < codebook_size]
-    other = [r for r in rows if not (len(r) == n_levels + 1 and max(r) < codebook_size)]
-    return np.asarray(fits, dtype=np.int64).reshape(len(fits), n_levels + 1), other
+    return np.array([len(r) == n_levels + 1 and max(r) < codebook_size for r in rows], dtype=bool)
 
 
-def _remap_table(prior: dict[str, np.ndarray], item_ids: np.ndarray, sids: np.ndarray) -> pa.Table:
-    """old_sid → new_sid for every item of either run (a retrain moves every ID into a new space)."""
-    old = dict(zip(prior["item_ids"].tolist(), prior["sids"].tolist()))
-    current = item_ids.tolist()
-    present = set(current)
-    removed = sorted(i for i in old if i not in present)
-    return pa.table({
-        "item_id": pa.array(current + removed, pa.string()),
-        "old_sid": pa.array([old.get(i) for i in current] + [old[i] for i in removed], pa.string()),
-        "new_sid": pa.array(sids.tolist() + [None] * len(removed), pa.string()),
-        "status": pa.array(["remapped" if i in old else "new" for i in current] + ["removed"] * len(removed), pa.string()),
-    })
+def _partitions_of(rows: list[list[int]], fits: np.ndarray, *, n_levels: int, n_partitions: int) -> np.ndarray:
+    """The partition that owns each ID (IDs that cannot collide any more ride in partition 0)."""
+    out = np.zeros(len(rows), dtype=np.int64)
+    if fits.any():
+        codes = np.asarray([r for r, f in zip(rows, fits) if f], dtype=np.int64)
+        out[fits] = partition_key(codes[:, :n_levels]) % n_partitions
+    return out
 
 
-def _codes_table(codes: np.ndarray) -> pa.Array:
-    width = codes.shape[1]
-    flat = pa.array(codes.astype(np.int32).ravel(), type=pa.int32())
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, width, dtype=np.int32)), flat)
+# --------------------------------------------------------------------------- 1. encode (Ray Data actors)
+
+class ItemEncoder:
+    """Ray Data actor: loads the checkpoint once; encodes a batch and writes its rows by partition (and hash bucket)."""
+
+    def __init__(self, *, model_uri: str, device: str, out_dir: str, n_partitions: int, chunk_rows: int, with_prior: bool) -> None:
+        torch.set_num_threads(1)
+        self.device = device
+        self.model = load_model(model_uri).to(device).eval()
+        self.out_dir, self.n_partitions, self.chunk_rows, self.with_prior = out_dir, n_partitions, chunk_rows, with_prior
+        self.schema = _encoded_schema(self.model.config.n_levels, self.model.config.latent_dim)
+
+    def _encode(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(vectors), self.chunk_rows):  # bounds the actor's working memory
+            x = torch.from_numpy(vectors[start : start + self.chunk_rows]).float().to(self.device)
+            enc = self.model.encode_items(x)
+            diff = x - enc.recon
+            for key, value in (("codes", enc.codes.to(torch.int32)), ("distance", enc.distance.double()), ("last_residual", enc.last_residual.float()),
+                               ("sq_err", diff.pow(2).sum(-1).double()), ("abs_err", diff.abs().sum(-1).double()),
+                               ("cosine", torch.nn.functional.cosine_similarity(x, enc.recon, dim=-1).double())):
+                parts.setdefault(key, []).append(value.cpu().numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        v = batch["vector"]
+        vectors = np.stack(v) if v.dtype == object else v
+        item_ids = batch["item_id"].astype(str)
+        enc = self._encode(np.ascontiguousarray(vectors, dtype=np.float32))
+        partition = partition_key(enc["codes"]) % self.n_partitions
+        table = pa.table({
+            "item_id": pa.array(item_ids, pa.string()), "text_hash": pa.array(batch["text_hash"].astype(str), pa.string()),
+            "codes": _fixed(enc["codes"], pa.int32()), "distance": enc["distance"], "last_residual": _fixed(enc["last_residual"], pa.float32()),
+            "sq_err": enc["sq_err"], "abs_err": enc["abs_err"], "cosine": enc["cosine"],
+        }, schema=self.schema)
+        name = _name(item_ids)
+        _write_split(table, partition, root=storage.join(self.out_dir, "encoded"), name=name)
+        if self.with_prior:
+            light = pa.table({"item_id": table["item_id"], "text_hash": table["text_hash"], "partition": partition}, schema=CURRENT)
+            _write_split(light, item_hash(item_ids, seed=0) % self.n_partitions, root=storage.join(self.out_dir, "current"), name=name)
+        return {"rows": np.array([len(item_ids)], dtype=np.int64)}
 
 
-def _write_parts(out_dir: str, table: pa.Table, name: str) -> list[str]:
-    uris = []
-    for i, start in enumerate(range(0, max(table.num_rows, 1), PART_ROWS)):
-        uri = storage.join(out_dir, name, f"part-{i:05d}.parquet")
-        storage.write_parquet(table.slice(start, PART_ROWS), uri)
-        uris.append(uri)
-    return uris
+# --------------------------------------------------------------------------- 2. match (prior run only)
+
+def _scatter_prior_ids(uri: str, *, out_dir: str, n_partitions: int) -> int:
+    """One prior semantic_ids file, split by item-id hash."""
+    table = pq.read_table(storage.filesystem(uri)[1], filesystem=storage.filesystem(uri)[0], columns=PRIOR.names).cast(PRIOR)
+    name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+    _write_split(table, item_hash(table["item_id"].to_numpy(zero_copy_only=False), seed=0) % n_partitions, root=storage.join(out_dir, "prior"), name=name)
+    return table.num_rows
+
+
+def _scatter_prior_retired(uri: str, *, out_dir: str, n_partitions: int, n_levels: int, codebook_size: int) -> int:
+    """One prior retired file, split by the partition that owns each ID."""
+    table = pq.read_table(storage.filesystem(uri)[1], filesystem=storage.filesystem(uri)[0], columns=["codes"]).cast(RETIRED)
+    rows = table["codes"].to_pylist()
+    fits = _fits(rows, n_levels=n_levels, codebook_size=codebook_size)
+    name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+    _write_split(table, _partitions_of(rows, fits, n_levels=n_levels, n_partitions=n_partitions), root=storage.join(out_dir, "retired_in"), name=name)
+    return table.num_rows
+
+
+def _match(bucket: int, *, out_dir: str, n_partitions: int, n_levels: int, codebook_size: int, retrain: bool) -> np.ndarray:
+    """Join one hash bucket's current and prior items; write each decision to the partition that owns the ID.
+
+    Returns (L, K) bools: the codes the prior IDs of this bucket use per level (drift's baseline).
+    """
+    current = pl.from_arrow(_read_dir(_bucket_dir(storage.join(out_dir, "current"), bucket), CURRENT))
+    prior = pl.from_arrow(_read_dir(_bucket_dir(storage.join(out_dir, "prior"), bucket), PRIOR)).rename(
+        {"text_hash": "prior_hash", "codes": "prior_codes", "sid": "old_sid"})
+    joined = current.join(prior, on="item_id", how="full", coalesce=True)
+    present, had = joined["text_hash"].is_not_null(), joined["prior_hash"].is_not_null()
+    kept = (present & had & (joined["text_hash"] == joined["prior_hash"])) if not retrain else pl.Series([False] * joined.height)
+    prior_rows = joined["prior_codes"].to_list()
+    fits = _fits([r if r is not None else [] for r in prior_rows], n_levels=n_levels, codebook_size=codebook_size)
+    prior_part = _partitions_of([r if r is not None else [] for r in prior_rows], fits, n_levels=n_levels, n_partitions=n_partitions)
+    kept_np, present_np, had_np = kept.to_numpy(), present.to_numpy(), had.to_numpy()
+    fresh = present_np & ~kept_np
+    gone = had_np & ~kept_np  # a prior ID this item no longer holds: retired (or, on a retrain, every prior ID)
+    fresh_status = np.where(had_np, "remapped" if retrain else "changed", "new")
+    frames = {
+        "kept": (kept_np, prior_part, joined["prior_codes"], "kept"),
+        "fresh": (fresh, joined["partition"].fill_null(0).to_numpy(), pl.Series([None] * joined.height, dtype=pl.List(pl.Int32)), fresh_status),
+        "gone": (gone, prior_part, joined["prior_codes"], np.where(present_np, None, "removed")),
+    }
+    tables, keys = [], []
+    for kind, (mask, part, codes, status) in frames.items():
+        if not mask.any():
+            continue
+        status_col = np.broadcast_to(np.asarray(status, dtype=object), mask.shape)[mask]
+        tables.append(pa.table({
+            "item_id": joined["item_id"].filter(pl.Series(mask)).to_arrow(), "kind": pa.array([kind] * int(mask.sum()), pa.string()),
+            "text_hash": joined["text_hash"].filter(pl.Series(mask)).to_arrow().cast(pa.string()),
+            "codes": codes.filter(pl.Series(mask)).to_arrow().cast(pa.list_(pa.int32())),
+            "old_sid": joined["old_sid"].filter(pl.Series(mask)).to_arrow().cast(pa.string()),
+            "status": pa.array(status_col.tolist(), pa.string()),
+        }, schema=DECISIONS))
+        keys.append(part[mask])
+    if tables:
+        _write_split(pa.concat_tables(tables), np.concatenate(keys), root=storage.join(out_dir, "decisions"), name=f"{bucket:05d}")
+    used = np.zeros((n_levels, codebook_size), dtype=bool)
+    if fits.any():
+        codes = np.asarray([r for r, f in zip(prior_rows, fits) if f], dtype=np.int64)[:, :n_levels]
+        used |= code_counts(codes, codebook_size=codebook_size) > 0
+    return used
+
+
+# --------------------------------------------------------------------------- 3. resolve (one task per partition)
+
+def _digests(item_ids: np.ndarray, sids: np.ndarray, codes: np.ndarray) -> dict[int, str]:
+    """sha256 of "item_id\\tsid\\n" lines in item_id order, per first-level code (partition-count independent)."""
+    out = {}
+    key = partition_key(codes[:, :-1])
+    for code in np.unique(key).tolist():
+        rows = np.flatnonzero(key == code)
+        rows = rows[np.argsort(item_ids[rows], kind="stable")]
+        h = hashlib.sha256()
+        for start in range(0, len(rows), 100_000):
+            r = rows[start : start + 100_000]
+            h.update("".join(f"{i}\t{s}\n" for i, s in zip(item_ids[r].tolist(), sids[r].tolist())).encode())
+        out[int(code)] = h.hexdigest()
+    return out
+
+
+def _write_part(table: pa.Table, out_dir: str, name: str, partition: int) -> None:
+    storage.write_parquet(table, storage.join(out_dir, name, f"part-{partition:05d}.parquet"))
+
+
+def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, codebook_size: int, with_prior: bool, retrain: bool,
+             sample_below: int | None) -> dict[str, Any]:
+    """IDs of one partition's items, written as its part of semantic_ids / changes / retired; returns a small summary."""
+    model = load_model(model_uri)
+    L, K = n_levels, codebook_size
+    enc = _read_dir(_bucket_dir(storage.join(out_dir, "encoded"), partition), _encoded_schema(L, model.config.latent_dim))
+    enc = enc.sort_by("item_id")
+    ids = np.asarray(enc["item_id"].to_pylist(), dtype=str)
+    hashes = np.asarray(enc["text_hash"].to_pylist(), dtype=object)
+    codes = _codes_matrix(enc["codes"], L)
+    distance = enc["distance"].to_numpy()
+    sq_err = enc["sq_err"].to_numpy()
+    accumulator = MetricsAccumulator(n_levels=L, codebook_size=K)
+    accumulator.update_rows(sq_err=sq_err, abs_err=enc["abs_err"].to_numpy(), cosine=enc["cosine"].to_numpy(), dim=model.config.input_dim, codes=codes)
+
+    kept = DECISIONS.empty_table()
+    occupied = np.zeros((0, L + 1), dtype=np.int64)
+    retired_rows: list[list[int]] = []
+    fresh_status = old_sid = None
+    removed = CHANGES.empty_table()
+    fresh_rows = np.arange(len(ids))
+    if with_prior:
+        decisions = _read_dir(_bucket_dir(storage.join(out_dir, "decisions"), partition), DECISIONS)
+        kind = decisions["kind"]
+        kept = decisions.filter(pc.equal(kind, "kept")).sort_by("item_id")
+        fresh = decisions.filter(pc.equal(kind, "fresh")).sort_by("item_id")
+        gone = decisions.filter(pc.equal(kind, "gone"))
+        retired_in = _read_dir(_bucket_dir(storage.join(out_dir, "retired_in"), partition), RETIRED)
+        fresh_rows = np.searchsorted(ids, np.asarray(fresh["item_id"].to_pylist(), dtype=str))
+        if fresh.num_rows and (fresh_rows.max() >= len(ids) or not np.array_equal(ids[fresh_rows], np.asarray(fresh["item_id"].to_pylist(), dtype=str))):
+            raise RuntimeError(f"assign partition {partition}: a new or changed item has no encoded row")
+        fresh_status, old_sid = fresh["status"].to_pylist(), fresh["old_sid"].to_pylist()
+        lineage = gone["codes"].to_pylist() + retired_in["codes"].to_pylist()
+        fits = _fits(lineage, n_levels=L, codebook_size=K)
+        usable = np.asarray([r for r, f in zip(lineage, fits) if f], dtype=np.int64).reshape(-1, L + 1)
+        other = [r for r, f in zip(lineage, fits) if not f]
+        retired = np.unique(usable, axis=0) if len(usable) else usable
+        kept_codes = _codes_matrix(kept["codes"], L + 1) if kept.num_rows else np.zeros((0, L + 1), dtype=np.int64)
+        occupied = np.concatenate([kept_codes, retired])
+        if len(np.unique(occupied, axis=0)) != len(occupied):
+            raise ValueError("prior run is inconsistent: a kept ID is duplicated or also retired")
+        retired_rows = retired.tolist() + other
+        removed_rows = gone.filter(pc.equal(gone["status"], "removed")).sort_by("item_id")
+        removed = pa.table({"item_id": removed_rows["item_id"], "old_sid": removed_rows["old_sid"],
+                            "new_sid": pa.nulls(removed_rows.num_rows, pa.string()), "status": removed_rows["status"]}, schema=CHANGES)
+
+    last_residual = torch.from_numpy(pc.list_flatten(enc["last_residual"]).to_numpy().astype(np.float32, copy=True).reshape(len(ids), -1))
+
+    def last_level_distances(idx: np.ndarray) -> np.ndarray:
+        return model.last_level_distances(last_residual[fresh_rows[idx]]).numpy()
+
+    resolved = resolve_partitioned(item_ids=ids[fresh_rows], codes=codes[fresh_rows], distances=distance[fresh_rows], codebook_size=K,
+                                   last_level_distances=last_level_distances, occupied=occupied)
+    fresh_sid = format_sid(resolved.codes) if len(fresh_rows) else np.zeros(0, dtype=str)
+    kept_codes = _codes_matrix(kept["codes"], L + 1) if kept.num_rows else np.zeros((0, L + 1), dtype=np.int64)
+    all_ids = np.concatenate([ids[fresh_rows], np.asarray(kept["item_id"].to_pylist(), dtype=str)])
+    all_codes = np.concatenate([resolved.codes.astype(np.int64), kept_codes])
+    all_sid = np.concatenate([fresh_sid.astype(str), format_sid(kept_codes).astype(str) if len(kept_codes) else np.zeros(0, dtype=str)])
+    all_hash = np.concatenate([hashes[fresh_rows], np.asarray(kept["text_hash"].to_pylist(), dtype=object)])
+    if len(np.unique(all_sid)) != len(all_sid):
+        raise RuntimeError("assign: semantic IDs are not unique; refusing to publish")
+    order = np.argsort(all_ids, kind="stable")
+    ids_table = pa.table({"item_id": pa.array(all_ids[order], pa.string()), "codes": _codes_array(all_codes[order]),
+                          "sid": pa.array(all_sid[order], pa.string()), "text_hash": pa.array(all_hash[order].tolist(), pa.string())}, schema=IDS)
+    _write_part(ids_table, out_dir, "semantic_ids", partition)
+
+    status_counts: dict[str, int] = {}
+    if with_prior:
+        n_fresh = len(fresh_rows)
+        status = np.asarray(list(fresh_status) + ["kept"] * kept.num_rows, dtype=object)[order]
+        olds = np.asarray(list(old_sid) + kept["old_sid"].to_pylist(), dtype=object)[order]
+        current = pa.table({"item_id": ids_table["item_id"], "old_sid": pa.array(olds.tolist(), pa.string()), "new_sid": ids_table["sid"],
+                            "status": pa.array(status.tolist(), pa.string())}, schema=CHANGES)
+        changes = pa.concat_tables([current, removed])
+        _write_part(changes, out_dir, "changes", partition)
+        _write_part(pa.table({"codes": pa.array(retired_rows, pa.list_(pa.int32()))}, schema=RETIRED), out_dir, "retired", partition)
+        for d in pc.value_counts(changes["status"]).to_pylist():
+            status_counts[d["values"]] = int(d["counts"])
+        assert n_fresh + kept.num_rows == ids_table.num_rows
+
+    fresh_codes = codes[fresh_rows]
+    sample = np.arange(len(ids)) if sample_below is None or not len(ids) else np.flatnonzero(item_hash(ids, seed=1) < np.uint64(sample_below))
+    return {
+        "n_ids": ids_table.num_rows, "n_encoded": len(ids), "n_moved": resolved.n_moved, "n_retired": len(retired_rows),
+        "removed": removed.num_rows, "status": status_counts, "digests": _digests(all_ids, all_sid, all_codes),
+        "metrics": accumulator.partial(),
+        "drift": {"n": len(fresh_rows), "sq_err_sum": float(sq_err[fresh_rows].sum()), "code_counts": code_counts(fresh_codes, codebook_size=K)},
+        "sample": {"item_id": ids[sample].tolist(), "codes": codes[sample], "sq_err": sq_err[sample]},
+    }
+
+
+# --------------------------------------------------------------------------- 4. quality (one task)
+
+def _quality(*, embeddings_uri: str, item_ids: list[str], codes: np.ndarray, sq_err: np.ndarray, codebook_size: int, dim: int) -> dict[str, Any]:
+    """The run's sampled codes beside residual k-means on the same vectors, and the recon error histogram."""
+    value_set = pa.array(item_ids, pa.string())
+    found: list[pa.Table] = []
+    for uri in storage.list_parquet(embeddings_uri):
+        t = storage.read_parquet(uri).select(["item_id", "vector"])
+        t = t.filter(pc.is_in(t["item_id"], value_set=value_set))
+        if t.num_rows:
+            found.append(t)
+    table = pa.concat_tables(found).sort_by("item_id")
+    order = np.argsort(np.asarray(item_ids, dtype=str), kind="stable")
+    if table["item_id"].to_pylist() != np.asarray(item_ids, dtype=str)[order].tolist():
+        raise RuntimeError("assign quality: sampled items are missing from the embeddings")
+    n = len(item_ids)
+    baseline = compare_with_residual_kmeans(vectors=vectors_matrix(table), codes=codes[order], recon_sq_err=sq_err[order],
+                                            codebook_size=codebook_size, n_queries=min(2000, n), seed=0) if n > 1 else None
+    counts, edges = np.histogram(sq_err / dim, bins=30)
+    return {"baseline": baseline, "histogram": {"edges": edges.tolist(), "counts": counts.tolist(), "sampled_items": n}}
+
+
+# --------------------------------------------------------------------------- the stage
+
+def n_partitions(n_items: int, *, n_levels: int, config: AssignConfig) -> int:
+    """How many partitions the resolution runs in (1 with L = 1: every item shares the partition key)."""
+    if n_levels < 2:
+        return 1
+    return max(1, min(config.max_partitions, math.ceil(n_items / config.partition_rows)))
+
+
+def _parquet_rows(uri: str) -> int:
+    fs, _ = storage.filesystem(uri)
+    return sum(pq.ParquetFile(storage.filesystem(f)[1], filesystem=fs).metadata.num_rows for f in storage.list_parquet(uri))
 
 
 def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None, retrain: bool = False) -> AssignResult:
@@ -129,156 +407,103 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
 
 def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
     model = load_model(model_uri)
-    L, K = model.config.n_levels, model.config.codebook_size
+    L, K, dim = model.config.n_levels, model.config.codebook_size, model.config.input_dim
+    n = _parquet_rows(embeddings_uri)
+    check_capacity(n_items=n, n_levels=L, codebook_size=K)
+    P = n_partitions(n, n_levels=L, config=config.assign)
     device = "cuda" if ray.cluster_resources().get("GPU", 0) else "cpu"  # where the encoder actors run, not the driver
-    dataset = read_vectors(embeddings_uri)
-    n_blocks = max(1, config.assign.num_blocks)
-    encoded = dataset.repartition(n_blocks).map_batches(
+    out_dir = stage_dir(work_uri, "assign")
+    storage.remove(out_dir)
+    with_prior = prior_run is not None
+
+    # 1. encode: actors write their rows; the driver counts them
+    encoded = read_vectors(embeddings_uri).map_batches(
         ItemEncoder,
-        fn_constructor_kwargs={"model_uri": model_uri, "device": device},
-        batch_size=config.assign.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=1),
+        fn_constructor_kwargs={"model_uri": model_uri, "device": device, "out_dir": out_dir, "n_partitions": P,
+                               "chunk_rows": config.assign.batch_size, "with_prior": with_prior},
+        batch_size=config.assign.rows_per_file,
+        compute=ray.data.ActorPoolStrategy(size=config.assign.num_actors),
         num_gpus=1 if device == "cuda" else 0,
         num_cpus=1,
         batch_format="numpy",
         ray_remote_args_fn=actor_fault_tolerance,  # bounded actor restarts/retries, see tasks.embed
     )
-    accumulator = MetricsAccumulator(n_levels=L, codebook_size=K)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("item_id", "text_hash", "codes", "distance", "last_residual", "sq_err")}
     n_done = 0
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-        n_done += len(batch["item_id"])
+        n_done += int(batch["rows"].sum())
         progress.report("assign", n_done)
-        accumulator.update_rows(sq_err=batch["sq_err"], abs_err=batch["abs_err"], cosine=batch["cosine"], dim=model.config.input_dim, codes=batch["codes"])
-        for k in cols:
-            cols[k].append(batch[k])
-    data = {k: np.concatenate(v) for k, v in cols.items()}
-    order = np.argsort(data["item_id"].astype(str), kind="stable")  # row order of the result never depends on Ray's
-    data = {k: v[order] for k, v in data.items()}
-    n = len(order)
-    check_capacity(n_items=n, n_levels=L, codebook_size=K)
+    if n_done != n:
+        raise RuntimeError(f"assign: {n_done} items encoded, but the embeddings hold {n}")
 
-    last_residual = torch.from_numpy(np.ascontiguousarray(data["last_residual"]))
+    # 2. match: prior IDs joined with the current items, by item-id hash
+    prior_used = np.zeros((L, K), dtype=bool)
+    prior_quality: dict[str, Any] = {}
+    if with_prior:
+        prior_quality = storage.read_json(storage.join(prior_run, "quality.json"))
+        scatter_ids = ray.remote(_scatter_prior_ids).options(**_TASK)
+        scatter_retired = ray.remote(_scatter_prior_retired).options(**_TASK)
+        ray.get([scatter_ids.remote(f, out_dir=out_dir, n_partitions=P) for f in storage.list_parquet(storage.join(prior_run, "semantic_ids"))]
+                + [scatter_retired.remote(f, out_dir=out_dir, n_partitions=P, n_levels=L, codebook_size=K)
+                   for f in storage.list_parquet(storage.join(prior_run, "retired"))])
+        match = ray.remote(_match).options(**_TASK)
+        for used in ray.get([match.remote(b, out_dir=out_dir, n_partitions=P, n_levels=L, codebook_size=K, retrain=retrain) for b in range(P)]):
+            prior_used |= used
 
-    def last_level_distances(idx: np.ndarray) -> np.ndarray:
-        return model.last_level_distances(last_residual[idx]).numpy()
+    # 3. resolve: one task per partition
+    sample_below = None if n <= QUALITY_SAMPLE else int(QUALITY_SAMPLE / n * 2**64)  # hash below this: ~QUALITY_SAMPLE items
+    resolve = ray.remote(_resolve).options(**_TASK)
+    summaries = ray.get([resolve.remote(p, out_dir=out_dir, model_uri=model_uri, n_levels=L, codebook_size=K, with_prior=with_prior,
+                                        retrain=retrain, sample_below=sample_below) for p in range(P)])
+    n_ids = sum(s["n_ids"] for s in summaries)
+    if sum(s["n_encoded"] for s in summaries) != n or n_ids != n:
+        raise RuntimeError(f"assign: {n} items embedded but {n_ids} IDs resolved")
+    for scratch in ("encoded", "current", "prior", "retired_in", "decisions"):
+        storage.remove(storage.join(out_dir, scratch))
 
-    changes = None
-    retired = None
-    drift = None
-    if prior_run and not retrain:
-        prior = _read_prior(prior_run)
-        prior_retired, other_retired = _split_retired(prior["retired"], n_levels=L, codebook_size=K)
-        stable = reassign_partitioned(
-            item_ids=data["item_id"], text_hashes=data["text_hash"], codes=data["codes"], distances=data["distance"], codebook_size=K,
-            prior_item_ids=prior["item_ids"], prior_text_hashes=prior["text_hashes"], prior_codes=prior["codes"],
-            prior_retired=prior_retired, last_level_distances=last_level_distances,
-        )
-        final_codes = stable.codes
-        retired = [r.tolist() for r in stable.retired] + other_retired
-        sid = format_sid(final_codes)
-        prior_sid = dict(zip(prior["item_ids"].tolist(), prior["sids"].tolist()))
-        removed = stable.removed_item_ids.tolist()
-        changes = pa.table({
-            "item_id": pa.array(data["item_id"].tolist() + removed, pa.string()),
-            "old_sid": pa.array([prior_sid.get(i) for i in data["item_id"].tolist()] + [prior_sid[i] for i in removed], pa.string()),
-            "new_sid": pa.array(sid.tolist() + [None] * len(removed), pa.string()),
-            "status": pa.array(stable.status.tolist() + ["removed"] * len(removed), pa.string()),
-        })
-        fresh = stable.status != "kept"
-        drift = drift_report(
-            sq_err=data["sq_err"][fresh], codes=data["codes"][fresh], dim=model.config.input_dim, codebook_size=K,
-            prior_recon_mse=float(prior["quality"].get("recon_mse", 0.0)), prior_codes=prior["codes"], config=config.drift,
-        )
-        n_moved = 0
-    else:
-        occupied = None
-        if prior_run:
-            # Explicit retrain: every ID moves into the new model's space, and no ID ever issued
-            # in this lineage (the prior run's and every retired one) is issued again. They all
-            # become retired; the old→new map goes to changes/.
-            prior = _read_prior(prior_run)
-            lineage = [r.tolist() for r in prior["codes"]] + prior["retired"]
-            occupied, other_retired = _split_retired(lineage, n_levels=L, codebook_size=K)
-            occupied = np.unique(occupied, axis=0) if len(occupied) else occupied
-            retired = [r.tolist() for r in occupied] + other_retired
-        resolved = resolve_partitioned(item_ids=data["item_id"], codes=data["codes"], distances=data["distance"], codebook_size=K,
-                                      last_level_distances=last_level_distances, occupied=occupied)
-        final_codes, n_moved = resolved.codes, resolved.n_moved
-        sid = format_sid(final_codes)
-        if prior_run:  # explicit retrain: export the old→new map
-            changes = _remap_table(prior, data["item_id"], sid)
-    if len(np.unique(sid)) != n:
-        raise RuntimeError("assign: semantic IDs are not unique; refusing to publish")
-
-    ids_table = pa.table({
-        "item_id": pa.array(data["item_id"].tolist(), pa.string()),
-        "codes": _codes_table(final_codes),
-        "sid": pa.array(sid.tolist(), pa.string()),
-        "text_hash": pa.array(data["text_hash"].tolist(), pa.string()),
-    })
-    out_dir = stage_dir(work_uri, "assign")
-    storage.remove(out_dir)
-    _write_parts(out_dir, ids_table, "semantic_ids")
-    if changes is not None:
-        _write_parts(out_dir, changes, "changes")
-    if retired is not None:
-        _write_parts(out_dir, pa.table({"codes": pa.array(retired, pa.list_(pa.int32()))}), "retired")
-
-    sample = np.sort(np.random.default_rng(0).permutation(n)[: min(n, 20_000)])
-    vectors = _sample_vectors(embeddings_uri, set(data["item_id"][sample].tolist()))
-    # The run's codes beside residual k-means on the same sampled embeddings (issue 8: IDs are the product).
-    baseline = compare_with_residual_kmeans(
-        vectors=vectors, codes=data["codes"][sample], recon_sq_err=data["sq_err"][sample], codebook_size=K,
-        n_queries=min(2000, len(sample)), seed=0,
-    ) if n > 1 else None  # one item has no neighbour to be coherent with
-    metrics = accumulator.finalize(prefix_coherence=baseline["run"]["prefix_coherence"] if baseline else []).to_dict()
-    per_item_mse = data["sq_err"] / model.config.input_dim
-    counts_, edges = np.histogram(per_item_mse, bins=30)
-    quality = {
+    # 4. quality on a hash-based sample (at most QUALITY_SAMPLE items), in a worker
+    sample = sorted(((i, c, e) for s in summaries for i, c, e in zip(s["sample"]["item_id"], s["sample"]["codes"], s["sample"]["sq_err"])),
+                    key=lambda r: r[0])
+    quality_task = ray.remote(_quality).options(**_TASK)
+    checked = ray.get(quality_task.remote(
+        embeddings_uri=embeddings_uri, item_ids=[r[0] for r in sample], codes=np.asarray([r[1] for r in sample], dtype=np.int64).reshape(-1, L),
+        sq_err=np.asarray([r[2] for r in sample], dtype=np.float64), codebook_size=K, dim=dim)) if sample else {"baseline": None, "histogram": None}
+    baseline = checked["baseline"]
+    metrics = merge_partials([s["metrics"] for s in summaries], prefix_coherence=baseline["run"]["prefix_coherence"] if baseline else []).to_dict()
+    n_moved = sum(s["n_moved"] for s in summaries)
+    quality: dict[str, Any] = {
         **metrics,
-        "recon_error_histogram": {"edges": edges.tolist(), "counts": counts_.tolist()},
+        "recon_error_histogram": checked["histogram"],
         "final_ids": {"unique": True, "n_moved": int(n_moved), "id_length": L + 1, "n_ids": n},
         "baseline": baseline,
     }
-    if changes is not None:
-        status = pc.value_counts(changes["status"]).to_pylist()
-        quality["changes"] = {d["values"]: d["counts"] for d in status}
-    if drift is not None:
-        quality["drift"] = drift
+    drift = None
+    if with_prior:
+        status: dict[str, int] = {}
+        for s in summaries:
+            for k, v in s["status"].items():
+                status[k] = status.get(k, 0) + v
+        quality["changes"] = status
+        if not retrain:
+            drift = drift_report(
+                n=sum(s["drift"]["n"] for s in summaries), sq_err_sum=sum(s["drift"]["sq_err_sum"] for s in summaries),
+                fresh_code_counts=np.sum([s["drift"]["code_counts"] for s in summaries], axis=0), prior_code_used=prior_used,
+                dim=dim, codebook_size=K, prior_recon_mse=float(prior_quality.get("recon_mse", 0.0)), config=config.drift,
+            )
+            quality["drift"] = drift
     storage.write_json(storage.join(out_dir, "quality.json"), quality)
+    digests = {code: d for s in summaries for code, d in s["digests"].items()}
     return AssignResult(
         semantic_ids=storage.join(out_dir, "semantic_ids"),
         quality=storage.join(out_dir, "quality.json"),
-        changes=storage.join(out_dir, "changes") if changes is not None else None,
-        retired=storage.join(out_dir, "retired") if retired is not None else None,
+        changes=storage.join(out_dir, "changes") if with_prior else None,
+        retired=storage.join(out_dir, "retired") if with_prior else None,
         ided=n,
-        removed=int(changes.num_rows - n) if changes is not None else None,
+        removed=sum(s["removed"] for s in summaries) if with_prior else None,
         device=device,
         n_moved=int(n_moved),
         unique_tuple_rate=metrics["unique_tuple_rate"],
-        ids_hash=_ids_digest(data["item_id"], sid),
-        n_retired=len(retired or []),
+        ids_hash=hash_of("ids", [[code, digests[code]] for code in sorted(digests)]),
+        n_retired=sum(s["n_retired"] for s in summaries),
         drift=drift,
+        partitions=P,
     )
-
-
-def _ids_digest(item_ids: np.ndarray, sids: np.ndarray) -> str:
-    """sha256 over "item_id\tsid\n" lines in item_id order: equal digests ⇔ identical ID tables."""
-    h = hashlib.sha256()
-    for start in range(0, len(sids), 100_000):
-        chunk = "".join(f"{i}\t{s}\n" for i, s in zip(item_ids[start : start + 100_000].tolist(), sids[start : start + 100_000].tolist()))
-        h.update(chunk.encode())
-    return h.hexdigest()
-
-
-def _sample_vectors(embeddings_uri: str, wanted: set[str]) -> np.ndarray:
-    """Vectors of the sampled items, in item_id order (embedding parts are sorted by item_id)."""
-    rows = []
-    value_set = pa.array(sorted(wanted), pa.string())
-    for uri in storage.list_parquet(embeddings_uri):
-        t = storage.read_parquet(uri)
-        t = t.filter(pc.is_in(t["item_id"], value_set=value_set))
-        if t.num_rows:
-            rows.append(vectors_matrix(t))
-    return np.concatenate(rows)

@@ -120,8 +120,18 @@ class CollabConfig(_Strict):
 
 
 class AssignConfig(_Strict):
+    """The assign stage (tasks/assign.py): encoder actors write shards, partitions resolve in parallel tasks."""
+
     batch_size: int = Field(4096, ge=1)
-    num_blocks: int = Field(8, ge=1)
+    """Rows an encoder actor pushes through the model at once (bounds its working memory)."""
+    rows_per_file: int = Field(50_000, ge=1)
+    """Rows per encoder call; each call writes one shard per partition it touches."""
+    num_actors: int = Field(1, ge=1)
+    """Encoder actors (one GPU each when the cluster has GPUs)."""
+    partition_rows: int = Field(250_000, ge=1)
+    """Items per resolution partition (partitions split the first-level codes): P = ceil(items / this)."""
+    max_partitions: int = Field(64, ge=1)
+    """At most this many partitions, whatever the catalog size."""
 
 
 class GatesConfig(_Strict):

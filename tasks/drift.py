@@ -17,22 +17,30 @@ import numpy as np
 from tasks.config import DriftConfig
 
 
-def drift_report(*, sq_err: np.ndarray, codes: np.ndarray, dim: int, codebook_size: int,
-                 prior_recon_mse: float, prior_codes: np.ndarray, config: DriftConfig) -> dict[str, Any]:
-    """Compare the fresh (new + changed) items with the prior run.
+def code_counts(codes: np.ndarray, *, codebook_size: int) -> np.ndarray:
+    """(L, K) how many of the rows use each code at each level: what workers ship for ``drift_report``."""
+    codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
+    return np.stack([np.bincount(codes[:, level], minlength=codebook_size) for level in range(codes.shape[1])]) if codes.shape[1] \
+        else np.zeros((0, codebook_size), dtype=np.int64)
 
-    ``sq_err``: per fresh item, the summed squared reconstruction error under the
-    reused model; ``codes``: their (n, L) model codes before disambiguation;
-    ``prior_codes``: the prior run's (m, L+1) IDs.
+
+def drift_report(*, n: int, sq_err_sum: float, fresh_code_counts: np.ndarray, prior_code_used: np.ndarray, dim: int,
+                 codebook_size: int, prior_recon_mse: float, config: DriftConfig) -> dict[str, Any]:
+    """Compare the fresh (new + changed) items with the prior run, from aggregates merged across partitions.
+
+    ``n`` fresh items whose summed squared reconstruction errors under the reused
+    model add up to ``sq_err_sum``; ``fresh_code_counts``: (L, K) counts of their
+    model codes (before disambiguation, ``code_counts``); ``prior_code_used``: (L, K)
+    whether any of the prior run's IDs uses that code at that level.
     """
-    n = int(len(sq_err))
-    n_levels = codes.shape[1] if codes.ndim == 2 else 0
-    recon_mse = float(np.mean(sq_err) / dim) if n else 0.0
+    fresh_code_counts = np.asarray(fresh_code_counts, dtype=np.int64)
+    prior_used = np.asarray(prior_code_used, dtype=bool)
+    n_levels = fresh_code_counts.shape[0]
+    recon_mse = float(sq_err_sum / n / dim) if n else 0.0
     ratio = recon_mse / prior_recon_mse if n and prior_recon_mse > 0 else None
-    prior_used = [np.unique(prior_codes[:, level]) for level in range(n_levels)]
-    unseen = [float(np.mean(~np.isin(codes[:, level], prior_used[level]))) if n else 0.0 for level in range(n_levels)]
-    usage = [len(np.unique(codes[:, level])) / codebook_size for level in range(n_levels)]
-    prior_usage = [len(u) / codebook_size for u in prior_used]
+    unseen = [float(fresh_code_counts[level][~prior_used[level]].sum() / n) if n else 0.0 for level in range(n_levels)]
+    usage = [int((fresh_code_counts[level] > 0).sum()) / codebook_size for level in range(n_levels)]
+    prior_usage = [int(prior_used[level].sum()) / codebook_size for level in range(n_levels)]
     enough = n >= config.min_items
     flagged = bool(enough and ratio is not None and ratio > config.max_recon_ratio)
     if not enough:

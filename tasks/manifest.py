@@ -137,6 +137,8 @@ class AssignResult(StageResult):
     """IDs this lineage may never issue again (carried across retrains)."""
     drift: dict[str, Any] | None = None
     """Stable runs: how well the frozen prior model serves new/changed items (tasks.drift)."""
+    partitions: int = 1
+    """Resolution partitions (by first-level code) the IDs were resolved in."""
 
 
 R = TypeVar("R", bound=StageResult)

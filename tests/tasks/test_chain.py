@@ -21,7 +21,7 @@ from tasks.chain import (
     write_latest_pointer,
 )
 from tasks.config import DriftConfig, GatesConfig
-from tasks.drift import drift_report
+from tasks.drift import code_counts, drift_report
 from tasks.errors import BadInput, is_bad_input
 
 
@@ -102,17 +102,28 @@ def test_another_embedder_is_refused_naming_both():
         check_embedding(prior, {"model": "/models/e5", "weights": {"weights_sha256": "ab12"}}, reembed=False, keys=("weights",))
 
 
+def _drift(sq_err, codes, prior_codes, config):
+    """drift_report from the aggregates the assign partitions merge (split in two shares, to exercise the merge)."""
+    half = len(codes) // 2
+    counts = code_counts(codes[:half], codebook_size=16) + code_counts(codes[half:], codebook_size=16)
+    used = code_counts(prior_codes[:, :3], codebook_size=16) > 0
+    return drift_report(n=len(sq_err), sq_err_sum=float(np.sum(sq_err)), fresh_code_counts=counts, prior_code_used=used,
+                        dim=4, codebook_size=16, prior_recon_mse=0.1, config=config)
+
+
 def test_drift_report_flags_items_the_frozen_model_serves_badly():
     rng = np.random.default_rng(0)
     prior_codes = np.stack([rng.integers(0, 8, 200), rng.integers(0, 8, 200), rng.integers(0, 16, 200), np.zeros(200, int)], axis=1)
-    dim, config = 4, DriftConfig(max_recon_ratio=1.5, min_items=20)
-    fine = drift_report(sq_err=np.full(30, 0.4), codes=prior_codes[:30, :3], dim=dim, codebook_size=16, prior_recon_mse=0.1, prior_codes=prior_codes, config=config)
+    config = DriftConfig(max_recon_ratio=1.5, min_items=20)
+    fine = _drift(np.full(30, 0.4), prior_codes[:30, :3], prior_codes, config)
     assert not fine["flagged"] and fine["recon_ratio"] == pytest.approx(1.0) and fine["unseen_code_share"] == [0.0, 0.0, 0.0]
     codes = np.full((30, 3), 15)  # codes the prior catalog never used, and a 3x recon error
-    bad = drift_report(sq_err=np.full(30, 1.2), codes=codes, dim=dim, codebook_size=16, prior_recon_mse=0.1, prior_codes=prior_codes, config=config)
-    assert bad["flagged"] and bad["recon_ratio"] == pytest.approx(3.0) and bad["unseen_code_share"][:2] == [1.0, 1.0]
-    assert "3.00x" in bad["reason"] and bad["code_usage"][0] == 1 / 16
-    few = drift_report(sq_err=np.full(5, 1.2), codes=codes[:5], dim=dim, codebook_size=16, prior_recon_mse=0.1, prior_codes=prior_codes, config=config)
+    codes[:6, 0] = prior_codes[0, 0]  # a fifth of them on a first-level code the prior run used
+    bad = _drift(np.full(30, 1.2), codes, prior_codes, config)
+    assert bad["flagged"] and bad["recon_ratio"] == pytest.approx(3.0)
+    assert bad["unseen_code_share"] == [pytest.approx(0.8), 1.0, 0.0]  # level 3: code 15 is among the prior run's
+    assert "3.00x" in bad["reason"] and bad["code_usage"][:2] == [2 / 16, 1 / 16]
+    few = _drift(np.full(5, 1.2), codes[:5], prior_codes, config)
     assert not few["flagged"] and "not enough" in few["reason"]
 
 
