@@ -43,6 +43,7 @@ import torch
 from rqvae_core.ids import check_capacity, format_sid
 from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans, merge_partials
 from tasks import progress, storage
+from tasks.shards import batch_name, key_dir, parquet_rows, read_dir, write_split
 from tasks.config import AssignConfig, DriftConfig, PipelineConfig
 from tasks.drift import code_counts, drift_report
 from tasks.embed import actor_fault_tolerance, vectors_matrix
@@ -59,30 +60,6 @@ _TASK = {"num_cpus": 1, "max_retries": 2}  # every task writes deterministic fil
 def item_hash(item_ids: Any, *, seed: int) -> np.ndarray:
     """A 64-bit hash of each item id (polars, vectorised); the same in every process of a run."""
     return pl.Series(values=np.asarray(item_ids, dtype=object), dtype=pl.String).hash(seed=seed).to_numpy()
-
-
-def _bucket_dir(root: str, bucket: int) -> str:
-    return storage.join(root, f"{bucket:05d}")
-
-
-def _name(item_ids: np.ndarray) -> str:
-    """File name of one batch's rows: from its first item, so a retried batch overwrites its own files."""
-    return hashlib.sha1(str(item_ids[0]).encode()).hexdigest()[:20] if len(item_ids) else "empty"
-
-
-def _write_split(table: pa.Table, keys: np.ndarray, *, root: str, name: str) -> None:
-    """One file per key present: ``<root>/<key>/<name>.parquet``."""
-    for key in np.unique(keys).tolist():
-        storage.write_parquet(table.filter(pa.array(keys == key)), storage.join(_bucket_dir(root, key), f"{name}.parquet"))
-
-
-def _read_dir(uri: str, schema: pa.Schema) -> pa.Table:
-    """Every file under ``uri`` as one table (an empty table of ``schema`` when there is none)."""
-    files = storage.list_parquet(uri)
-    if not files:
-        return schema.empty_table()
-    fs, _ = storage.filesystem(uri)
-    return pa.concat_tables([pq.read_table(storage.filesystem(f)[1], filesystem=fs, schema=schema) for f in files])
 
 
 def _codes_array(codes: np.ndarray) -> pa.Array:
@@ -163,6 +140,8 @@ class ItemEncoder:
         v = batch["vector"]
         vectors = np.stack(v) if v.dtype == object else v
         item_ids = batch["item_id"].astype(str)
+        if not len(item_ids):
+            return {"rows": np.zeros(1, dtype=np.int64)}
         enc = self._encode(np.ascontiguousarray(vectors, dtype=np.float32))
         partition = partition_key(enc["codes"]) % self.n_partitions
         table = pa.table({
@@ -170,11 +149,11 @@ class ItemEncoder:
             "codes": _fixed(enc["codes"], pa.int32()), "distance": enc["distance"], "last_residual": _fixed(enc["last_residual"], pa.float32()),
             "sq_err": enc["sq_err"], "abs_err": enc["abs_err"], "cosine": enc["cosine"],
         }, schema=self.schema)
-        name = _name(item_ids)
-        _write_split(table, partition, root=storage.join(self.out_dir, "encoded"), name=name)
+        name = batch_name(item_ids[0])
+        write_split(table, partition, root=storage.join(self.out_dir, "encoded"), name=name)
         if self.with_prior:
             light = pa.table({"item_id": table["item_id"], "text_hash": table["text_hash"], "partition": partition}, schema=CURRENT)
-            _write_split(light, item_hash(item_ids, seed=0) % self.n_partitions, root=storage.join(self.out_dir, "current"), name=name)
+            write_split(light, item_hash(item_ids, seed=0) % self.n_partitions, root=storage.join(self.out_dir, "current"), name=name)
         return {"rows": np.array([len(item_ids)], dtype=np.int64)}
 
 
@@ -184,7 +163,7 @@ def _scatter_prior_ids(uri: str, *, out_dir: str, n_partitions: int) -> int:
     """One prior semantic_ids file, split by item-id hash."""
     table = pq.read_table(storage.filesystem(uri)[1], filesystem=storage.filesystem(uri)[0], columns=PRIOR.names).cast(PRIOR)
     name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
-    _write_split(table, item_hash(table["item_id"].to_numpy(zero_copy_only=False), seed=0) % n_partitions, root=storage.join(out_dir, "prior"), name=name)
+    write_split(table, item_hash(table["item_id"].to_numpy(zero_copy_only=False), seed=0) % n_partitions, root=storage.join(out_dir, "prior"), name=name)
     return table.num_rows
 
 
@@ -194,7 +173,7 @@ def _scatter_prior_retired(uri: str, *, out_dir: str, n_partitions: int, n_level
     rows = table["codes"].to_pylist()
     fits = _fits(rows, n_levels=n_levels, codebook_size=codebook_size)
     name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
-    _write_split(table, _partitions_of(rows, fits, n_levels=n_levels, n_partitions=n_partitions), root=storage.join(out_dir, "retired_in"), name=name)
+    write_split(table, _partitions_of(rows, fits, n_levels=n_levels, n_partitions=n_partitions), root=storage.join(out_dir, "retired_in"), name=name)
     return table.num_rows
 
 
@@ -203,8 +182,8 @@ def _match(bucket: int, *, out_dir: str, n_partitions: int, n_levels: int, codeb
 
     Returns (L, K) bools: the codes the prior IDs of this bucket use per level (drift's baseline).
     """
-    current = pl.from_arrow(_read_dir(_bucket_dir(storage.join(out_dir, "current"), bucket), CURRENT))
-    prior = pl.from_arrow(_read_dir(_bucket_dir(storage.join(out_dir, "prior"), bucket), PRIOR)).rename(
+    current = pl.from_arrow(read_dir(key_dir(storage.join(out_dir, "current"), bucket), CURRENT))
+    prior = pl.from_arrow(read_dir(key_dir(storage.join(out_dir, "prior"), bucket), PRIOR)).rename(
         {"text_hash": "prior_hash", "codes": "prior_codes", "sid": "old_sid"})
     joined = current.join(prior, on="item_id", how="full", coalesce=True)
     present, had = joined["text_hash"].is_not_null(), joined["prior_hash"].is_not_null()
@@ -235,7 +214,7 @@ def _match(bucket: int, *, out_dir: str, n_partitions: int, n_levels: int, codeb
         }, schema=DECISIONS))
         keys.append(part[mask])
     if tables:
-        _write_split(pa.concat_tables(tables), np.concatenate(keys), root=storage.join(out_dir, "decisions"), name=f"{bucket:05d}")
+        write_split(pa.concat_tables(tables), np.concatenate(keys), root=storage.join(out_dir, "decisions"), name=f"{bucket:05d}")
     used = np.zeros((n_levels, codebook_size), dtype=bool)
     if fits.any():
         codes = np.asarray([r for r, f in zip(prior_rows, fits) if f], dtype=np.int64)[:, :n_levels]
@@ -269,7 +248,7 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
     """IDs of one partition's items, written as its part of semantic_ids / changes / retired; returns a small summary."""
     model = load_model(model_uri)
     L, K = n_levels, codebook_size
-    enc = _read_dir(_bucket_dir(storage.join(out_dir, "encoded"), partition), _encoded_schema(L, model.config.latent_dim))
+    enc = read_dir(key_dir(storage.join(out_dir, "encoded"), partition), _encoded_schema(L, model.config.latent_dim))
     enc = enc.sort_by("item_id")
     ids = np.asarray(enc["item_id"].to_pylist(), dtype=str)
     hashes = np.asarray(enc["text_hash"].to_pylist(), dtype=object)
@@ -286,12 +265,12 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
     removed = CHANGES.empty_table()
     fresh_rows = np.arange(len(ids))
     if with_prior:
-        decisions = _read_dir(_bucket_dir(storage.join(out_dir, "decisions"), partition), DECISIONS)
+        decisions = read_dir(key_dir(storage.join(out_dir, "decisions"), partition), DECISIONS)
         kind = decisions["kind"]
         kept = decisions.filter(pc.equal(kind, "kept")).sort_by("item_id")
         fresh = decisions.filter(pc.equal(kind, "fresh")).sort_by("item_id")
         gone = decisions.filter(pc.equal(kind, "gone"))
-        retired_in = _read_dir(_bucket_dir(storage.join(out_dir, "retired_in"), partition), RETIRED)
+        retired_in = read_dir(key_dir(storage.join(out_dir, "retired_in"), partition), RETIRED)
         fresh_rows = np.searchsorted(ids, np.asarray(fresh["item_id"].to_pylist(), dtype=str))
         if fresh.num_rows and (fresh_rows.max() >= len(ids) or not np.array_equal(ids[fresh_rows], np.asarray(fresh["item_id"].to_pylist(), dtype=str))):
             raise RuntimeError(f"assign partition {partition}: a new or changed item has no encoded row")
@@ -386,11 +365,6 @@ def n_partitions(n_items: int, *, n_levels: int, config: AssignConfig) -> int:
     return max(1, min(config.max_partitions, math.ceil(n_items / config.partition_rows)))
 
 
-def _parquet_rows(uri: str) -> int:
-    fs, _ = storage.filesystem(uri)
-    return sum(pq.ParquetFile(storage.filesystem(f)[1], filesystem=fs).metadata.num_rows for f in storage.list_parquet(uri))
-
-
 def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_hash: str, work_uri: str, config: PipelineConfig, prior_run: str | None = None, retrain: bool = False) -> AssignResult:
     """IDs for every embedded item.
 
@@ -408,7 +382,7 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
 def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
     model = load_model(model_uri)
     L, K, dim = model.config.n_levels, model.config.codebook_size, model.config.input_dim
-    n = _parquet_rows(embeddings_uri)
+    n = parquet_rows(storage.list_parquet(embeddings_uri))
     check_capacity(n_items=n, n_levels=L, codebook_size=K)
     P = n_partitions(n, n_levels=L, config=config.assign)
     device = "cuda" if ray.cluster_resources().get("GPU", 0) else "cpu"  # where the encoder actors run, not the driver

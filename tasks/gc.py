@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections import defaultdict
 
 import pyarrow.compute as pc
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from tasks import storage
+from tasks.embed import cache_parts, write_cache_part
 from tasks.chain import LATEST, published_runs, read_manifest, run_ids
 from tasks.errors import BadInput
 from tasks.export import is_published
@@ -124,7 +124,7 @@ def _collect_cache(out: str, used: dict[str, set[str]], *, min_age_hours: float,
             continue
         model_dir = storage.join(cache_root, entry.rstrip("/").rsplit("/", 1)[-1])
         wanted = used.get(_norm(model_dir), set())
-        for part in storage.list_parquet(model_dir):
+        for part in cache_parts(model_dir):
             if _age_hours(part) < min_age_hours:  # possibly written by a run in progress elsewhere
                 report.cache_entries_kept += pq.ParquetFile(storage.filesystem(part)[1], filesystem=fs).metadata.num_rows
                 continue
@@ -143,13 +143,7 @@ def _collect_cache(out: str, used: dict[str, set[str]], *, min_age_hours: float,
             report.cache_parts_rewritten.append(part)
             if not dry_run:
                 # the kept entries go to a new part (complete or absent, as in tasks.embed), then the old one goes
-                fresh = storage.join(model_dir, f"part-gc-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet")
-                if storage.is_s3(fresh):
-                    storage.write_parquet(table.filter(keep), fresh)
-                else:
-                    tmp = storage.join(model_dir, f"_tmp-{uuid.uuid4().hex}.parquet.tmp")
-                    storage.write_parquet(table.filter(keep), tmp)
-                    os.replace(tmp, fresh)
+                write_cache_part(part.rsplit("/", 1)[0], table.filter(keep))  # into the part's own shard folder
                 storage.remove(part)
 
 

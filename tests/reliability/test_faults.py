@@ -120,10 +120,11 @@ def test_actors_that_die_on_every_batch_fail_the_stage_instead_of_hanging(tmp_pa
     vectors = np.random.default_rng(0).standard_normal((n, 384)).astype(np.float32)
     (tmp_path / "embed").mkdir()
     pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "vector": embed_mod.vectors_array(vectors)}), tmp_path / "embed" / "part-00000.parquet")
-    texts = pa.table({"text_hash": ids, "text": [f"item {i}" for i in ids]})
+    pq.write_table(pa.table({"text_hash": ids, "text": [f"item {i}" for i in ids]}), tmp_path / "misses.parquet")
     with ray_session(num_cpus=2):
         for name, call in {
-            "embed": lambda: embed_mod._embed_with_ray(texts, model_path="unused", device="cpu", fp16=False, config=EmbedConfig(batch_size=8)),
+            "embed": lambda: embed_mod._embed_with_ray([str(tmp_path / "misses.parquet")], n_misses=n, out_dir=str(tmp_path / "new"), n_buckets=1,
+                                                       model_path="unused", device="cpu", fp16=False, config=EmbedConfig(batch_size=8)),
             "assign": lambda: assign_mod.assign(
                 embeddings_uri=str(tmp_path / "embed"), embeddings_hash="x", model_uri=str(reference.prefix / "model"), model_hash="y",
                 work_uri=str(tmp_path / "work"), config=PipelineConfig.model_validate(json.loads(reference.config.read_text())),

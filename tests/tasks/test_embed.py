@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from tasks import embed as embed_mod  # noqa: E402
 from tasks.config import EmbedConfig  # noqa: E402
 from tasks.embed import embed, model_identity, resolve_model_path  # noqa: E402
 from tasks.ray_runtime import gpu_available, ray_session, resolve_device  # noqa: E402
@@ -171,40 +170,56 @@ def test_resume_same_inputs(first_run, base_dir, items_uri):
     assert again.summary() == first_run.summary()
 
 
-def test_cache_across_runs(first_run, base_dir, items_uri, monkeypatch):
+def _cache_rows(cache) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in Path(cache).rglob("*.parquet"))
+
+
+def test_cache_across_runs(first_run, base_dir, items_uri):
     n = len(TEXTS) + 2
     cache = str(base_dir / "cache")
-    # New work dir, same catalog: nothing embedded. Small parts to check the global order too.
-    monkeypatch.setattr(embed_mod, "PART_ROWS", 16)
-    second = embed(items_uri=items_uri, work_uri=str(base_dir / "run2"), cache_uri=cache, config=CPU)
+    assert all(len(f.parent.name) == 2 for f in Path(first_run.cache).rglob("*.parquet")), "cache parts live in hash-prefix shards"
+    assert _cache_rows(cache) == len(TEXTS)
+    # New work dir, same catalog: nothing embedded. Four text buckets: four parts, each sorted, same rows.
+    second = embed(items_uri=items_uri, work_uri=str(base_dir / "run2"), cache_uri=cache, config=CPU.model_copy(update={"partition_rows": 12}))
     assert not second.resumed
     assert second.embedded == 0 and second.cache_hits == len(TEXTS)
     files = sorted(Path(second.embeddings).glob("part-*.parquet"))
-    assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    out2 = _read_out(second)
-    ids = out2["item_id"].to_pylist()
-    assert ids == sorted(ids) and len(ids) == n
-    out1 = _read_out(first_run)
-    assert out2.equals(out1)
-    monkeypatch.setattr(embed_mod, "PART_ROWS", 50_000)
+    assert [f.name for f in files] == [f"part-{b:05d}.parquet" for b in range(4)] and second.parts == 4
+    for f in files:
+        ids = pq.read_table(f)["item_id"].to_pylist()
+        assert ids == sorted(ids)
+    out2 = _read_out(second).sort_by("item_id")
+    assert out2.num_rows == n and len(set(out2["item_id"].to_pylist())) == n
+    assert out2.equals(_read_out(first_run).sort_by("item_id"))
+    assert not (Path(second.embeddings) / "_scratch").exists()
 
     # One text changed: exactly that one is embedded, the rest comes from the cache.
     changed = list(TEXTS) + [DUPLICATE, DUPLICATE]
     changed[3] = "Vitamin C brightening serum 50ml, new formula"
     uri = _write_items(base_dir / "items_changed.parquet", changed)
-    third = embed(items_uri=uri, work_uri=str(base_dir / "run3"), cache_uri=cache, config=CPU)
+    third = embed(items_uri=uri, work_uri=str(base_dir / "run3"), cache_uri=cache, config=CPU.model_copy(update={"partition_rows": 12}))
     assert third.embedded == 1
     assert third.cache_hits == len(TEXTS) - 1
     assert third.input_hash != first_run.input_hash
     out3 = _read_out(third)
     assert _hash(changed[3]) in set(out3["text_hash"].to_pylist())
 
-    # And now the changed text is cached too.
+    # And now the changed text is cached too, in its shard.
     fourth = embed(items_uri=uri, work_uri=str(base_dir / "run4"), cache_uri=cache, config=CPU)
     assert fourth.embedded == 0
-    cache_parts = list((base_dir / "cache").rglob("*.parquet"))
-    assert len(cache_parts) == 2
+    assert _cache_rows(cache) == len(TEXTS) + 1
+    assert list(Path(first_run.cache).rglob(f"{_hash(changed[3])[:2]}/part-*.parquet"))
     assert not list((base_dir / "cache").rglob("*.tmp"))
+
+
+def test_cache_parts_from_before_sharding_are_still_read(first_run, base_dir, items_uri):
+    """A cache written before sharding (parts directly under the model folder) still serves hits."""
+    legacy = base_dir / "legacy_cache"
+    model_dir = legacy / Path(first_run.cache).name
+    model_dir.mkdir(parents=True)
+    pq.write_table(pa.concat_tables([pq.read_table(f) for f in Path(first_run.cache).rglob("*.parquet")]), model_dir / "part-old.parquet")
+    again = embed(items_uri=items_uri, work_uri=str(base_dir / "run_legacy"), cache_uri=str(legacy), config=CPU.model_copy(update={"partition_rows": 12}))
+    assert again.embedded == 0 and again.cache_hits == len(TEXTS)
 
 
 def test_cache_disabled_embeds_everything(ray_cluster, base_dir):
