@@ -32,6 +32,9 @@ class IngestConfig(_Strict):
     """A column of precomputed vectors (Parquet list<float>/fixed-size list, or JSON arrays in text
     formats): the embed stage is skipped. Rows whose vector is null, of another length than the
     catalog's (the most common length), or holds NaN/inf are quarantined as ``bad_embedding``."""
+    child_process_min_bytes: int = Field(64 * 2**20, ge=0)
+    """Catalog files at least this large are parsed in a child process, so the driver's memory does not
+    grow with the catalog; smaller ones in the driver (no process start-up). 0: always a child process."""
 
 
 class EmbedConfig(_Strict):
@@ -45,6 +48,10 @@ class EmbedConfig(_Strict):
     fp16: bool = True
     """Half precision on GPU (ignored on CPU)."""
     cache: bool = True
+    partition_rows: int = Field(250_000, ge=1)
+    """Items per text bucket: the stage's tasks and output parts split the texts into ceil(items / this) buckets (at most 256)."""
+    rows_per_file: int = Field(10_000, ge=1)
+    """Texts per embedding-actor call (each call writes its vectors as one file per bucket it touches)."""
 
 
 _MODEL = RQVAEConfig()  # the defaults live in rqvae_core.config; the sections below only add ranges and docs

@@ -47,9 +47,11 @@ seen, and hints at a wrong delimiter), Parquet columns that cannot be text.
 from __future__ import annotations
 
 import codecs
+import concurrent.futures
 import hashlib
 import html
 import json
+import multiprocessing
 import re
 from typing import Any, Iterable, NamedTuple
 
@@ -469,19 +471,30 @@ def ingest(*, catalog_uri: str, work_uri: str, config: IngestConfig) -> IngestRe
     """Validate and normalise ``catalog_uri``; write items + quarantine under ``<work_uri>/ingest``."""
     fmt = detect_format(catalog_uri, config.format)
     facts = _hash_file(catalog_uri, fmt)
-    input_hash = hash_of(facts.sha256, config.model_dump())
+    input_hash = hash_of(facts.sha256, config.model_dump(exclude={"child_process_min_bytes"}))  # where it runs changes no output
 
     def build() -> IngestResult:
-        try:
-            return _run(catalog_uri, work_uri, config, fmt, facts)
-        except IngestError:
-            raise
-        except _WriteFailed as exc:
-            raise exc.__cause__ from None
-        except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_reader_message(exc)}") from exc
+        fs, path = storage.filesystem(catalog_uri)
+        if fs.size(path) < config.child_process_min_bytes:
+            return _parse(catalog_uri, work_uri, config, fmt, facts)
+        # A large catalog is parsed in a child process: its tables never sit in the driver, whose
+        # memory then stays flat whatever the catalog size (the child's is returned when it exits).
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+            return child.submit(_parse, catalog_uri, work_uri, config, fmt, facts).result()
 
     return run_stage(work_uri=work_uri, result_type=IngestResult, input_hash=input_hash, build=build)
+
+
+def _parse(catalog_uri: str, work_uri: str, config: IngestConfig, fmt: str, facts: _FileFacts) -> IngestResult:
+    """The stage's work, with reader failures turned into one clear ``IngestError`` (picklable: it may cross a process)."""
+    try:
+        return _run(catalog_uri, work_uri, config, fmt, facts)
+    except IngestError:
+        raise
+    except _WriteFailed as exc:
+        raise exc.__cause__ from None
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IngestError(f"cannot parse {catalog_uri} as {fmt}: {_reader_message(exc)}") from exc
 
 
 def _run(

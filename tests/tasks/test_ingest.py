@@ -403,3 +403,21 @@ def test_no_text_column_and_ragged_rows(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="cannot parse"):
         run(ragged, tmp_path / "w3")
     _assert_nothing_written(tmp_path / "w3")
+
+
+def test_a_large_catalog_is_parsed_in_a_child_process_with_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    """Above ingest.child_process_min_bytes the stage runs in a spawned process: same outputs, and a bad
+    catalog still fails with the one clear IngestError (it crosses the process boundary intact)."""
+    import tasks.ingest as ingest_mod
+
+    rows = ROWS + [dict(ROWS[0]), {"item_id": "", "title": "no id", "brand": "", "categories": ""}]
+    src = write_csv(tmp_path / "shop.csv", rows)
+    in_driver = run(src, tmp_path / "w1")
+    monkeypatch.setattr(ingest_mod, "_run", lambda *a: pytest.fail("parsed in this process"))  # the spawned child imports its own
+    in_child = run(src, tmp_path / "w2", child_process_min_bytes=0)
+    assert in_child.model_dump(exclude={"items", "quarantine", "seconds"}) == in_driver.model_dump(exclude={"items", "quarantine", "seconds"})
+    assert items_of(in_child).equals(items_of(in_driver)) and quarantine_of(in_child).equals(quarantine_of(in_driver))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item_id,title\n1,ok\n2,\"unclosed\n")
+    with pytest.raises(IngestError, match="bad.csv"):
+        run(bad, tmp_path / "w3", child_process_min_bytes=0)
