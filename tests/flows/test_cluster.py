@@ -76,7 +76,7 @@ def test_whole_flow_on_two_nodes_with_s3_reads_no_item_rows_on_the_driver(tmp_pa
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})  # after moto_s3: the nodes inherit its environment
     cluster.add_node(num_cpus=1)
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
-    config = PipelineConfig.model_validate({**TINY, "fit": {**TINY["fit"], "num_workers": 2},
+    config = PipelineConfig.model_validate({**TINY, "fit": {**TINY["fit"], "num_workers": 2, "epochs": 2},
                                            "embed": {**TINY["embed"], "partition_rows": 100}, "assign": {"partition_rows": 100}})
     try:
         result = retokenize_mod.retokenize(catalog=str(catalog), out=out, name="shop", run_id="r1", config=config)
