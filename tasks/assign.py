@@ -44,7 +44,7 @@ from rqvae_core.ids import check_capacity, format_sid
 from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans, merge_partials
 from tasks import progress, storage
 from tasks.shards import batch_name, key_dir, parquet_rows, read_dir, write_split
-from tasks.config import AssignConfig, DriftConfig, PipelineConfig
+from tasks.config import AssignConfig, PipelineConfig
 from tasks.drift import code_counts, drift_report
 from tasks.embed import actor_fault_tolerance, vectors_matrix
 from tasks.fit import load_model, read_vectors

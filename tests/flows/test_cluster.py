@@ -1,11 +1,14 @@
-"""The whole flow on a two-node Ray cluster (``ray.cluster_utils``) with the output on the moto S3 server.
+"""The whole flow on a two-node Ray cluster (``ray.cluster_utils``) with input and output on the moto S3 server.
 
 The flow joins the cluster through ``RAY_ADDRESS``, Ray Train's checkpoint lands under the S3 work
 prefix, and from the embed stage on the driver never reads a row of per-item data: the Parquet
 readers are patched in the driver process to fail (Ray workers are other processes, untouched).
+The published run reads back through polars (object_store) and pyarrow (s3fs), without credentials in it.
 """
 
 from __future__ import annotations
+
+import os
 
 import pyarrow.dataset
 import pyarrow.parquet
@@ -16,8 +19,9 @@ import ray
 import flows.retokenize as retokenize_mod
 from tasks import storage
 from tasks.config import PipelineConfig
-from tasks.sample_catalog import write_sample_catalog
+from tasks.sample_catalog import generate_rows
 from tests.flows.conftest import TINY
+from tests.flows.test_retokenize import check_published, write_catalog
 from tests.s3_fixture import BUCKET, moto_s3  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -32,8 +36,10 @@ READERS = [
 def test_whole_flow_on_two_nodes_with_s3_reads_no_item_rows_on_the_driver(tmp_path, moto_s3, monkeypatch):  # noqa: F811
     from ray.cluster_utils import Cluster
 
-    catalog = tmp_path / "shop.csv"
-    write_sample_catalog(out_path=str(catalog), n=300, seed=3)
+    local = tmp_path / "shop.csv"
+    n_input = write_catalog(local, generate_rows(n=300, seed=3))  # + 4 bad rows
+    catalog = f"s3://{BUCKET}/in/shop.csv"
+    storage.write_bytes(catalog, local.read_bytes())
     out = f"s3://{BUCKET}/out"
     armed = {"on": False, "reads": []}
 
@@ -79,7 +85,7 @@ def test_whole_flow_on_two_nodes_with_s3_reads_no_item_rows_on_the_driver(tmp_pa
     config = PipelineConfig.model_validate({**TINY, "fit": {**TINY["fit"], "num_workers": 2, "epochs": 2},
                                            "embed": {**TINY["embed"], "partition_rows": 100}, "assign": {"partition_rows": 100}})
     try:
-        result = retokenize_mod.retokenize(catalog=str(catalog), out=out, name="shop", run_id="r1", config=config)
+        result = retokenize_mod.retokenize(catalog=catalog, out=out, name="shop", run_id="r1", config=config)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -88,11 +94,17 @@ def test_whole_flow_on_two_nodes_with_s3_reads_no_item_rows_on_the_driver(tmp_pa
     assert not armed["reads"], armed["reads"]
     assert nodes == [2]
     assert checkpoints, "Ray Train's checkpoint is under the S3 work prefix"
-    assert result["prefix"] == f"{out}/shop/r1"
-    manifest = storage.read_json(f"{out}/shop/r1/manifest.json")
+    prefix = f"{out}/shop/r1"
+    assert result["prefix"] == prefix
+    manifest = check_published(prefix, n_input=n_input, n_quarantined=4)
     stages = manifest["stages"]
     assert stages["fit"]["runner"] == "ray_train" and stages["fit"]["num_workers"] == 2
     assert stages["embed"]["parts"] == 3 and stages["assign"]["partitions"] == 3
-    ids = storage.read_parquet(f"{out}/shop/r1/semantic_ids")
-    assert ids.num_rows == manifest["counts"]["ided"] == manifest["counts"]["input"] - manifest["counts"]["quarantined"]
-    assert len(set(ids["sid"].to_pylist())) == ids.num_rows
+    # read back with polars (object_store) and pyarrow (s3fs) through the HTTP endpoint
+    df = pl.read_parquet(f"{prefix}/semantic_ids/*.parquet", storage_options=storage.polars_storage_options(prefix))
+    assert df.height == n_input - 4 and df["sid"].n_unique() == df.height
+    fs, path = storage.filesystem(prefix)
+    assert pyarrow.dataset.dataset(f"{path}/semantic_ids", filesystem=fs, format="parquet").to_table().num_rows == df.height
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    for name in ("manifest.json", "quality.json"):
+        assert secret not in storage.read_bytes(f"{prefix}/{name}").decode(), "credentials never reach outputs"

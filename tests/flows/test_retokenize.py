@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import polars as pl
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,7 +17,6 @@ from tasks import storage
 from tasks.config import PipelineConfig
 from tasks.sample_catalog import generate_rows
 from tests.flows.conftest import TINY
-from tests.s3_fixture import BUCKET, moto_s3  # noqa: F401
 
 pytestmark = pytest.mark.slow
 FIELDS = ["item_id", "title", "brand", "categories", "description", "price"]
@@ -141,28 +138,6 @@ def test_flow_end_to_end_then_stable_rerun(tmp_path, capsys):
     # A finished prefix is immutable: running the same run id again does nothing.
     again = retokenize(catalog=str(catalog2), out=str(out), name="shop", run_id="r2", config=config, prior_run=prefix)
     assert again["skipped"]
-
-
-def test_flow_writes_to_s3_on_a_moto_server(tmp_path, moto_s3):  # noqa: F811
-    rows = generate_rows(n=160, seed=2)
-    catalog = tmp_path / "s3shop.csv"
-    n_input = write_catalog(catalog, rows)
-    storage.write_bytes(f"s3://{BUCKET}/in/s3shop.csv", catalog.read_bytes())
-    out = f"s3://{BUCKET}/runs"
-    config = PipelineConfig.model_validate(TINY)
-    result = retokenize(catalog=f"s3://{BUCKET}/in/s3shop.csv", out=out, run_id="nightly-1", config=config)
-    prefix = f"{out}/s3shop/nightly-1"
-    assert result["prefix"] == prefix
-    check_published(prefix, n_input=n_input, n_quarantined=4)
-    # read back with polars (object_store) and pyarrow (s3fs) through the HTTP endpoint
-    df = pl.read_parquet(f"{prefix}/semantic_ids/*.parquet", storage_options=storage.polars_storage_options(prefix))
-    assert df.height == n_input - 4 and df["sid"].n_unique() == df.height
-    fs, path = storage.filesystem(prefix)
-    table = pads.dataset(f"{path}/semantic_ids", filesystem=fs, format="parquet").to_table()
-    assert table.num_rows == df.height
-    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-    for name in ("manifest.json", "quality.json"):
-        assert secret not in storage.read_bytes(f"{prefix}/{name}").decode(), "credentials never reach outputs"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The fit stage on Ray Train: one worker on a local cluster, two DDP workers on a two-node cluster."""
+"""The fit stage on a local Ray cluster (two DDP workers on a two-node cluster with S3 storage: tests/flows/test_cluster.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import ray
 from rqvae_core import load_checkpoint
 from tasks import storage
 from tasks.config import PipelineConfig
-from tasks.fit import TrainingFailed, check_health, fit_model, load_model
-from tests.s3_fixture import BUCKET, moto_s3  # noqa: F401
+from tasks.fit import TrainingFailed, check_health, fit_model
 
 pytestmark = pytest.mark.slow
 DIM = 32
@@ -53,32 +52,6 @@ def test_fit_on_a_local_ray_cluster_checkpoints_and_resumes(tmp_path):
         assert again.resumed and again.model_hash == manifest.model_hash
     finally:
         ray.shutdown()
-
-
-def test_fit_with_two_ddp_workers_on_two_nodes_with_s3_storage(tmp_path, moto_s3):  # noqa: F811
-    """Ray Train on a two-node cluster (started after the S3 environment, so every node inherits it):
-    embeddings, model and Ray Train's own checkpoint storage all live on the S3 work prefix."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address)
-    try:
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        emb, work = f"s3://{BUCKET}/emb", f"s3://{BUCKET}/work"
-        write_embeddings(emb)
-        config = PipelineConfig.model_validate({**CONFIG, "fit": {**CONFIG["fit"], "num_workers": 2, "batch_size": 32}})
-        manifest = fit_model(embeddings_uri=emb, embeddings_hash="h", n_items=600, dim=DIM, work_uri=work, config=config)
-        assert manifest.num_workers == 2 and manifest.runner == "ray_train"
-        assert manifest.model.startswith(f"s3://{BUCKET}/work/fit/")
-        history = storage.read_json(manifest.history)
-        assert len(history) == 3 and all(np.isfinite(h["recon"]) for h in history)
-        load_model(manifest.model)
-        fs, _ = storage.filesystem(work)
-        assert fs.glob(f"{BUCKET}/work/fit/_train/rqvae/checkpoint_*/model.safetensors"), "Ray Train's checkpoint is under the S3 work prefix"
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_health_check_names_the_failure():
