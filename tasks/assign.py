@@ -289,7 +289,7 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
         removed = pa.table({"item_id": removed_rows["item_id"], "old_sid": removed_rows["old_sid"],
                             "new_sid": pa.nulls(removed_rows.num_rows, pa.string()), "status": removed_rows["status"]}, schema=CHANGES)
 
-    last_residual = torch.from_numpy(pc.list_flatten(enc["last_residual"]).to_numpy().astype(np.float32, copy=True).reshape(len(ids), -1))
+    last_residual = torch.from_numpy(pc.list_flatten(enc["last_residual"]).to_numpy().astype(np.float32, copy=True).reshape(len(ids), model.config.latent_dim))
 
     def last_level_distances(idx: np.ndarray) -> np.ndarray:
         return model.last_level_distances(last_residual[fresh_rows[idx]]).numpy()

@@ -19,7 +19,9 @@ from tasks.config import DriftConfig
 
 def code_counts(codes: np.ndarray, *, codebook_size: int) -> np.ndarray:
     """(L, K) how many of the rows use each code at each level: what workers ship for ``drift_report``."""
-    codes = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be (rows, levels), got shape {codes.shape}")
     return np.stack([np.bincount(codes[:, level], minlength=codebook_size) for level in range(codes.shape[1])]) if codes.shape[1] \
         else np.zeros((0, codebook_size), dtype=np.int64)
 

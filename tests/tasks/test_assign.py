@@ -179,3 +179,11 @@ def test_stable_and_retrain_runs_equal_the_reference_across_partitions(tmp_path,
     changes = storage.read_parquet(str(retrained / "changes"))
     counts = dict(zip(*np.unique(changes["status"].to_pylist(), return_counts=True)))
     assert counts == {"remapped": len(ids) - 20, "new": 20, "removed": 100}
+
+
+def test_a_partition_without_items_writes_an_empty_part(tmp_path, model_dir):
+    """More partitions than first-level codes in use (a small or collapsed codebook): the idle ones still finish."""
+    summary = assign_mod._resolve(3, out_dir=str(tmp_path), model_uri=str(model_dir), n_levels=L, codebook_size=K,
+                                  with_prior=False, retrain=False, sample_below=None)
+    assert (summary["n_ids"], summary["n_encoded"], summary["digests"]) == (0, 0, {})
+    assert pq.read_table(tmp_path / "semantic_ids" / "part-00003.parquet").num_rows == 0
