@@ -188,9 +188,9 @@ def _match(bucket: int, *, out_dir: str, n_partitions: int, n_levels: int, codeb
     joined = current.join(prior, on="item_id", how="full", coalesce=True)
     present, had = joined["text_hash"].is_not_null(), joined["prior_hash"].is_not_null()
     kept = (present & had & (joined["text_hash"] == joined["prior_hash"])) if not retrain else pl.Series([False] * joined.height)
-    prior_rows = joined["prior_codes"].to_list()
-    fits = _fits([r if r is not None else [] for r in prior_rows], n_levels=n_levels, codebook_size=codebook_size)
-    prior_part = _partitions_of([r if r is not None else [] for r in prior_rows], fits, n_levels=n_levels, n_partitions=n_partitions)
+    prior_rows = [r if r is not None else [] for r in joined["prior_codes"].to_list()]  # [] where the item is new
+    fits = _fits(prior_rows, n_levels=n_levels, codebook_size=codebook_size)
+    prior_part = _partitions_of(prior_rows, fits, n_levels=n_levels, n_partitions=n_partitions)
     kept_np, present_np, had_np = kept.to_numpy(), present.to_numpy(), had.to_numpy()
     fresh = present_np & ~kept_np
     gone = had_np & ~kept_np  # a prior ID this item no longer holds: retired (or, on a retrain, every prior ID)
@@ -259,6 +259,7 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
     accumulator.update_rows(sq_err=sq_err, abs_err=enc["abs_err"].to_numpy(), cosine=enc["cosine"].to_numpy(), dim=model.config.input_dim, codes=codes)
 
     kept = DECISIONS.empty_table()
+    kept_codes = np.zeros((0, L + 1), dtype=np.int64)
     occupied = np.zeros((0, L + 1), dtype=np.int64)
     retired_rows: list[list[int]] = []
     fresh_status = old_sid = None
@@ -271,8 +272,9 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
         fresh = decisions.filter(pc.equal(kind, "fresh")).sort_by("item_id")
         gone = decisions.filter(pc.equal(kind, "gone"))
         retired_in = read_dir(key_dir(storage.join(out_dir, "retired_in"), partition), RETIRED)
-        fresh_rows = np.searchsorted(ids, np.asarray(fresh["item_id"].to_pylist(), dtype=str))
-        if fresh.num_rows and (fresh_rows.max() >= len(ids) or not np.array_equal(ids[fresh_rows], np.asarray(fresh["item_id"].to_pylist(), dtype=str))):
+        fresh_ids = np.asarray(fresh["item_id"].to_pylist(), dtype=str)
+        fresh_rows = np.searchsorted(ids, fresh_ids)
+        if fresh.num_rows and (fresh_rows.max() >= len(ids) or not np.array_equal(ids[fresh_rows], fresh_ids)):
             raise RuntimeError(f"assign partition {partition}: a new or changed item has no encoded row")
         fresh_status, old_sid = fresh["status"].to_pylist(), fresh["old_sid"].to_pylist()
         lineage = gone["codes"].to_pylist() + retired_in["codes"].to_pylist()
@@ -280,7 +282,8 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
         usable = np.asarray([r for r, f in zip(lineage, fits) if f], dtype=np.int64).reshape(-1, L + 1)
         other = [r for r, f in zip(lineage, fits) if not f]
         retired = np.unique(usable, axis=0) if len(usable) else usable
-        kept_codes = _codes_matrix(kept["codes"], L + 1) if kept.num_rows else np.zeros((0, L + 1), dtype=np.int64)
+        if kept.num_rows:
+            kept_codes = _codes_matrix(kept["codes"], L + 1)
         occupied = np.concatenate([kept_codes, retired])
         if len(np.unique(occupied, axis=0)) != len(occupied):
             raise ValueError("prior run is inconsistent: a kept ID is duplicated or also retired")
@@ -297,7 +300,6 @@ def _resolve(partition: int, *, out_dir: str, model_uri: str, n_levels: int, cod
     resolved = resolve_partitioned(item_ids=ids[fresh_rows], codes=codes[fresh_rows], distances=distance[fresh_rows], codebook_size=K,
                                    last_level_distances=last_level_distances, occupied=occupied)
     fresh_sid = format_sid(resolved.codes) if len(fresh_rows) else np.zeros(0, dtype=str)
-    kept_codes = _codes_matrix(kept["codes"], L + 1) if kept.num_rows else np.zeros((0, L + 1), dtype=np.int64)
     all_ids = np.concatenate([ids[fresh_rows], np.asarray(kept["item_id"].to_pylist(), dtype=str)])
     all_codes = np.concatenate([resolved.codes.astype(np.int64), kept_codes])
     all_sid = np.concatenate([fresh_sid.astype(str), format_sid(kept_codes).astype(str) if len(kept_codes) else np.zeros(0, dtype=str)])

@@ -75,11 +75,6 @@ def _run(tmp_path, name, ids, hashes, vectors, model_dir, *, partition_rows, pri
     return result, run
 
 
-def _table(run, name):
-    return pq.read_table(run / name).sort_by([("item_id", "ascending")] if name != "retired" else [("codes", "ascending")]) \
-        if name != "retired" else pq.read_table(run / name)
-
-
 def _ids(run):
     t = storage.read_parquet(str(run / "semantic_ids")).sort_by("item_id")
     return np.asarray(t["item_id"].to_pylist()), np.asarray(t["codes"].to_pylist(), dtype=np.int64), t
