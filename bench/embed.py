@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="synthetic texts instead of Amazon Beauty titles")
     ap.add_argument("--num-actors", type=int, default=None, help="embed.num_actors (default: the config's default, 1)")
     ap.add_argument("--batch-size", type=int, default=None, help="embed.batch_size for both sides (default: the stage's default for the device)")
+    ap.add_argument("--rows-per-file", type=int, default=None, help="embed.rows_per_file (default: the config's default)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     ap.add_argument("--baseline-threads", type=int, default=os.cpu_count() or 1, help="torch threads of the plain baseline (default: all CPUs)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "embed.json"))
@@ -89,7 +90,8 @@ def main() -> None:
             pa.table({"item_id": [f"i{i:08d}" for i in range(len(texts))], "text": texts, "text_hash": hashes}), items
         )
         config = EmbedConfig(batch_size=args.batch_size, device="auto", cache=False,
-                             **({"num_actors": args.num_actors} if args.num_actors else {}))
+                             **({"num_actors": args.num_actors} if args.num_actors else {}),
+                             **({"rows_per_file": args.rows_per_file} if args.rows_per_file else {}))
         batch_size = args.batch_size or (DEFAULT_GPU_BATCH if device == "cuda" else DEFAULT_CPU_BATCH)
         t0 = time.perf_counter()
         manifest = embed(items_uri=str(items), work_uri=str(Path(tmp) / "work"), cache_uri=None, config=config)
