@@ -369,6 +369,9 @@ def report_error(console: Console, e: BaseException) -> int:
     if isinstance(e, SystemExit):
         raise e
     console.write_traceback(e)
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    if ray_exceptions and isinstance(e, ray_exceptions.RayTaskError) and isinstance(e.cause, BaseException):
+        e = e.cause  # the error a Ray worker raised, not Ray's wrapper with its remote traceback
     if isinstance(e, ValidationError):
         fields = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {_short(err.get('input'))})" for err in e.errors())
         console.error(f"invalid configuration: {fields}", kind="ValidationError", exit_code=EXIT_BAD_INPUT)

@@ -205,16 +205,16 @@ def _run_stages(*, catalog: str, out: str, name: str, run_id: str, prefix: str, 
     if prior and not reembed and not config.ingest.embedding_column:  # the weights are known before embedding: refuse another embedder at once
         check_embedding(prior, {"model": config.embed.model, "weights": {**model_identity(config.embed.model), **fused}}, reembed=False, keys=("weights",))
     items = ingest_task(catalog, work, config)  # polars only: bad input fails before Ray starts
-    gates = gates_task(items, prior_run, config, force)
-    # A catalog that cannot fit the ID space fails here, before any embedding or fitting. A reused
-    # model's own L and K count, and so do the IDs the lineage may never issue again.
-    if prior_run and not retrain:
-        (n_levels, codebook_size), taken = prior_model_shape(prior_run), retired_count(prior_run)
-    else:
-        n_levels, codebook_size = config.model.n_levels, config.model.codebook_size
-        taken = retired_count(prior_run) + prior["counts"]["ided"] if prior else 0
-    check_capacity(n_items=items.valid + taken, n_levels=n_levels, codebook_size=codebook_size)
     with ray_session():
+        gates = gates_task(items, prior_run, config, force)  # compares the item tables in a Ray worker
+        # A catalog that cannot fit the ID space fails here, before any embedding or fitting. A reused
+        # model's own L and K count, and so do the IDs the lineage may never issue again.
+        if prior_run and not retrain:
+            (n_levels, codebook_size), taken = prior_model_shape(prior_run), retired_count(prior_run)
+        else:
+            n_levels, codebook_size = config.model.n_levels, config.model.codebook_size
+            taken = retired_count(prior_run) + prior["counts"]["ided"] if prior else 0
+        check_capacity(n_items=items.valid + taken, n_levels=n_levels, codebook_size=codebook_size)
         embedded = embed_task(items, work, cache, config)
         collabed = collab_task(embedded, interactions, fused["interactions_sha256"], work, config) if interactions else None
         vectors = collabed or embedded  # what the model is fitted on and encodes

@@ -221,10 +221,27 @@ def model_version(prior_manifest: dict[str, Any] | None, *, retrained: bool) -> 
 
 
 def gate_numbers(*, items_uri: str, n_input: int, n_quarantined: int, prior_run: str | None) -> dict[str, Any]:
-    """Quarantined share of the input; removed and changed shares of the prior run's items."""
+    """Quarantined share of the input; removed and changed shares of the prior run's items.
+
+    The item tables are compared in a Ray worker when Ray is up (the flow starts it before
+    the gates), so a 100M-item catalog never passes through the driver; inline otherwise.
+    """
     numbers: dict[str, Any] = {"input": n_input, "quarantined": n_quarantined, "quarantined_share": n_quarantined / max(n_input, 1)}
     if not prior_run:
         return numbers
+    import ray
+
+    if ray.is_initialized():
+        changes = ray.get(ray.remote(_prior_changes).options(num_cpus=1, max_retries=2).remote(items_uri=items_uri, prior_run=prior_run))
+    else:
+        changes = _prior_changes(items_uri=items_uri, prior_run=prior_run)
+    n_prior = changes["prior_items"]
+    numbers.update(changes, removed_share=changes["removed"] / max(n_prior, 1), changed_share=changes["changed"] / max(n_prior, 1))
+    return numbers
+
+
+def _prior_changes(*, items_uri: str, prior_run: str) -> dict[str, int]:
+    """How many of the prior run's items are gone from today's items, and how many changed their text."""
     current = storage.read_parquet(items_uri).select(["item_id", "text_hash"])
     prior = storage.read_parquet(storage.join(prior_run, "semantic_ids")).select(["item_id", "text_hash"])
     idx = pc.index_in(prior["item_id"], value_set=current["item_id"])
@@ -233,9 +250,7 @@ def gate_numbers(*, items_uri: str, n_input: int, n_quarantined: int, prior_run:
     removed = n_prior - pc.sum(present.cast("int64")).as_py() if n_prior else 0
     same_hash = pc.equal(prior["text_hash"], current["text_hash"].take(idx))
     changed = pc.sum(pc.and_(present, pc.invert(pc.fill_null(same_hash, True))).cast("int64")).as_py() or 0
-    numbers.update(prior_items=n_prior, removed=int(removed), changed=int(changed),
-                   removed_share=removed / max(n_prior, 1), changed_share=changed / max(n_prior, 1))
-    return numbers
+    return {"prior_items": n_prior, "removed": int(removed), "changed": int(changed)}
 
 
 def check_gates(numbers: dict[str, Any], gates: GatesConfig, *, force: bool) -> dict[str, Any]:
