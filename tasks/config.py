@@ -53,9 +53,9 @@ class EmbedConfig(_Strict):
     cache: bool = True
     partition_rows: int = Field(250_000, ge=1)
     """Items per text bucket: the stage's tasks and output parts split the texts into ceil(items / this) buckets (at most 256)."""
-    rows_per_file: int = Field(10_000, ge=1)
+    rows_per_file: int = Field(2_000, ge=1)
     """Texts per embedding-actor call: each bucket's texts to embed are written in files of this many,
-    sorted by text hash, and each call writes its vectors as one file per bucket they belong to."""
+    sorted by text hash; each call embeds one file and writes its vectors as one file (one progress step)."""
 
 
 _MODEL = RQVAEConfig()  # the defaults live in rqvae_core.config; the sections below only add ranges and docs
