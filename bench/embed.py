@@ -80,7 +80,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from tasks.config import EmbedConfig
-    from tasks.embed import DEFAULT_CPU_BATCH, DEFAULT_GPU_BATCH, embed, resolve_model_path
+    from tasks.embed import batch_size_for, embed, resolve_model_path
     from tasks.ray_runtime import ray_session, resolve_device
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ray_session(num_cpus=args.num_cpus):
@@ -92,7 +92,7 @@ def main() -> None:
         config = EmbedConfig(batch_size=args.batch_size, device="auto", cache=False,
                              **({"num_actors": args.num_actors} if args.num_actors else {}),
                              **({"rows_per_file": args.rows_per_file} if args.rows_per_file else {}))
-        batch_size = args.batch_size or (DEFAULT_GPU_BATCH if device == "cuda" else DEFAULT_CPU_BATCH)
+        batch_size = batch_size_for(config, device)
         t0 = time.perf_counter()
         manifest = embed(items_uri=str(items), work_uri=str(Path(tmp) / "work"), cache_uri=None, config=config)
         stage_s = time.perf_counter() - t0

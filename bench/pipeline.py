@@ -95,7 +95,7 @@ def run_baseline(items_uri: str, overrides: list[str]) -> tuple[dict, float, int
     from rqvae_core import RQVAE, encode_array, fit
     from rqvae_core.ids import resolve_collisions
     from tasks.config import load_config
-    from tasks.embed import DEFAULT_CPU_BATCH, resolve_model_path
+    from tasks.embed import batch_size_for, resolve_model_path
 
     config = load_config(None, overrides)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -104,7 +104,7 @@ def run_baseline(items_uri: str, overrides: list[str]) -> tuple[dict, float, int
     with TreeRSS() as mem:
         items = pq.read_table(items_uri)
         model = SentenceTransformer(resolve_model_path(config.embed.model), device="cpu")
-        x = torch.from_numpy(model.encode(items["text"].to_pylist(), batch_size=config.embed.batch_size or DEFAULT_CPU_BATCH, normalize_embeddings=True, convert_to_numpy=True))
+        x = torch.from_numpy(model.encode(items["text"].to_pylist(), batch_size=batch_size_for(config.embed, "cpu"), normalize_embeddings=True, convert_to_numpy=True))
         timings["embed"] = time.perf_counter() - t0
         core = config.model.to_core(input_dim=x.shape[1], seed=config.seed)
         rq = RQVAE(config=core)

