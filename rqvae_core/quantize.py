@@ -206,7 +206,9 @@ class VectorQuantizer(nn.Module):
             codes = sinkhorn(d.detach(), epsilon=self.sinkhorn_epsilon, iters=self.sinkhorn_iters).argmax(-1)
         else:
             codes = d.argmin(-1)
-        codeword = codebook[codes]
+        # A one-hot product instead of ``codebook[codes]``: the same values, but its backward is a matrix
+        # product, which repeats bit-for-bit with several CPU threads; indexing's scatter-add backward does not.
+        codeword = F.one_hot(codes, self.codebook_size).to(codebook.dtype) @ codebook
         if self.mode == "rotation":
             quantized = rotate_to(x, codeword.detach())
         else:

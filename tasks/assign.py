@@ -23,14 +23,17 @@ partition resolves on its own and the IDs are byte-identical to one global pass.
    codes with residual k-means on them (issue 8: the IDs are the product).
 
 P = ceil(items / ``assign.partition_rows``), at most ``assign.max_partitions``; a
-catalog below ``partition_rows`` is one partition, one task per step.
+catalog below ``partition_rows`` is one partition, one task per step. A one-partition
+catalog of at most ``assign.single_task_max_items`` runs all four steps in one Ray task
+(the same functions, called in-process): on Beauty (12k items) the encoder actor's
+start-up and the Ray Data pipeline took 6 of the stage's 12 seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -382,6 +385,72 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
     )
 
 
+def _remote(fn: Callable[..., Any], calls: list[dict[str, Any]]) -> list[Any]:
+    """Each call of ``fn`` in its own Ray task, all in parallel (large catalogs)."""
+    task = ray.remote(fn).options(**_TASK)
+    return ray.get([task.remote(**kwargs) for kwargs in calls])
+
+
+def _inline(fn: Callable[..., Any], calls: list[dict[str, Any]]) -> list[Any]:
+    """Each call of ``fn`` in this process, one after the other (inside the one task of a small catalog)."""
+    return [fn(**kwargs) for kwargs in calls]
+
+
+def _check_encoded(n_done: int, n: int) -> None:
+    if n_done != n:
+        raise RuntimeError(f"assign: {n_done} items encoded, but the embeddings hold {n}")
+
+
+def _after_encode(run: Callable[[Callable[..., Any], list[dict[str, Any]]], list[Any]], *, out_dir: str, embeddings_uri: str, model_uri: str,
+                  n: int, P: int, L: int, K: int, dim: int, prior_run: str | None, retrain: bool) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """Steps 2-4 (match, resolve, quality) over the encoded shards; ``run`` runs each step's calls (Ray tasks or inline).
+
+    Returns the codes the prior IDs use per level, the partitions' summaries and the quality check.
+    """
+    with_prior = prior_run is not None
+    # 2. match: prior IDs joined with the current items, by item-id hash
+    prior_used = np.zeros((L, K), dtype=bool)
+    if with_prior:
+        run(_scatter_prior_ids, [dict(uri=f, out_dir=out_dir, n_partitions=P) for f in storage.list_parquet(storage.join(prior_run, "semantic_ids"))])
+        run(_scatter_prior_retired, [dict(uri=f, out_dir=out_dir, n_partitions=P, n_levels=L, codebook_size=K)
+                                     for f in storage.list_parquet(storage.join(prior_run, "retired"))])
+        for used in run(_match, [dict(bucket=b, out_dir=out_dir, n_partitions=P, n_levels=L, codebook_size=K, retrain=retrain) for b in range(P)]):
+            prior_used |= used
+
+    # 3. resolve: one call per partition
+    sample_below = None if n <= QUALITY_SAMPLE else int(QUALITY_SAMPLE / n * 2**64)  # hash below this: ~QUALITY_SAMPLE items
+    summaries = run(_resolve, [dict(partition=p, out_dir=out_dir, model_uri=model_uri, n_levels=L, codebook_size=K, with_prior=with_prior,
+                                    retrain=retrain, sample_below=sample_below) for p in range(P)])
+    n_ids = sum(s["n_ids"] for s in summaries)
+    if sum(s["n_encoded"] for s in summaries) != n or n_ids != n:
+        raise RuntimeError(f"assign: {n} items embedded but {n_ids} IDs resolved")
+    for scratch in ("encoded", "current", "prior", "retired_in", "decisions"):
+        storage.remove(storage.join(out_dir, scratch))
+
+    # 4. quality on a hash-based sample (at most QUALITY_SAMPLE items)
+    sample = sorted(((i, c, e) for s in summaries for i, c, e in zip(s["sample"]["item_id"], s["sample"]["codes"], s["sample"]["sq_err"])),
+                    key=lambda r: r[0])
+    checked = run(_quality, [dict(
+        embeddings_uri=embeddings_uri, item_ids=[r[0] for r in sample], codes=np.asarray([r[1] for r in sample], dtype=np.int64).reshape(-1, L),
+        sq_err=np.asarray([r[2] for r in sample], dtype=np.float64), codebook_size=K, dim=dim)])[0] if sample else {"baseline": None, "histogram": None}
+    for s in summaries:
+        del s["sample"]  # the driver needs only the counts, partials and digests
+    return prior_used, summaries, checked
+
+
+def _assign_in_one_task(*, embeddings_uri: str, encoder: dict[str, Any], steps: dict[str, Any]) -> tuple[int, np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """A small catalog's whole stage in one Ray task: the encoder over every embeddings part, then steps 2-4 inline."""
+    item_encoder = ItemEncoder(**encoder)
+    n_done = 0
+    for uri in storage.list_parquet(embeddings_uri):
+        table = storage.read_parquet(uri).select(["item_id", "text_hash", "vector"])
+        batch = {"item_id": np.asarray(table["item_id"].to_pylist(), dtype=object), "text_hash": np.asarray(table["text_hash"].to_pylist(), dtype=object),
+                 "vector": vectors_matrix(table)}
+        n_done += int(item_encoder(batch)["rows"].sum())
+    _check_encoded(n_done, steps["n"])
+    return n_done, *_after_encode(_inline, embeddings_uri=embeddings_uri, **steps)
+
+
 def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
     model = load_model(model_uri)
     L, K, dim = model.config.n_levels, model.config.codebook_size, model.config.input_dim
@@ -392,58 +461,35 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     out_dir = stage_dir(work_uri, "assign")
     storage.remove(out_dir)
     with_prior = prior_run is not None
+    prior_quality = storage.read_json(storage.join(prior_run, "quality.json")) if with_prior else {}
+    encoder = {"model_uri": model_uri, "device": device, "out_dir": out_dir, "n_partitions": P, "chunk_rows": config.assign.batch_size,
+               "with_prior": with_prior}
+    steps = {"out_dir": out_dir, "model_uri": model_uri, "n": n, "P": P, "L": L, "K": K, "dim": dim, "prior_run": prior_run, "retrain": retrain}
 
-    # 1. encode: actors write their rows; the driver counts them
-    encoded = read_vectors(embeddings_uri).map_batches(
-        ItemEncoder,
-        fn_constructor_kwargs={"model_uri": model_uri, "device": device, "out_dir": out_dir, "n_partitions": P,
-                               "chunk_rows": config.assign.batch_size, "with_prior": with_prior},
-        batch_size=config.assign.rows_per_file,
-        compute=ray.data.ActorPoolStrategy(size=config.assign.num_actors),
-        num_gpus=1 if device == "cuda" else 0,
-        num_cpus=1,
-        batch_format="numpy",
-        ray_remote_args_fn=actor_fault_tolerance,  # bounded actor restarts/retries, see tasks.embed
-    )
-    n_done = 0
-    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-        n_done += int(batch["rows"].sum())
+    single = P == 1 and n <= config.assign.single_task_max_items
+    if single:
+        one_task = ray.remote(_assign_in_one_task).options(**_TASK, num_gpus=1 if device == "cuda" else 0)
+        n_done, prior_used, summaries, checked = ray.get(one_task.remote(embeddings_uri=embeddings_uri, encoder=encoder, steps=steps))
         progress.report("assign", n_done)
-    if n_done != n:
-        raise RuntimeError(f"assign: {n_done} items encoded, but the embeddings hold {n}")
+    else:
+        # 1. encode: actors write their rows; the driver counts them
+        encoded = read_vectors(embeddings_uri).map_batches(
+            ItemEncoder,
+            fn_constructor_kwargs=encoder,
+            batch_size=config.assign.rows_per_file,
+            compute=ray.data.ActorPoolStrategy(size=config.assign.num_actors),
+            num_gpus=1 if device == "cuda" else 0,
+            num_cpus=1,
+            batch_format="numpy",
+            ray_remote_args_fn=actor_fault_tolerance,  # bounded actor restarts/retries, see tasks.embed
+        )
+        n_done = 0
+        for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+            n_done += int(batch["rows"].sum())
+            progress.report("assign", n_done)
+        _check_encoded(n_done, n)
+        prior_used, summaries, checked = _after_encode(_remote, embeddings_uri=embeddings_uri, **steps)
 
-    # 2. match: prior IDs joined with the current items, by item-id hash
-    prior_used = np.zeros((L, K), dtype=bool)
-    prior_quality: dict[str, Any] = {}
-    if with_prior:
-        prior_quality = storage.read_json(storage.join(prior_run, "quality.json"))
-        scatter_ids = ray.remote(_scatter_prior_ids).options(**_TASK)
-        scatter_retired = ray.remote(_scatter_prior_retired).options(**_TASK)
-        ray.get([scatter_ids.remote(f, out_dir=out_dir, n_partitions=P) for f in storage.list_parquet(storage.join(prior_run, "semantic_ids"))]
-                + [scatter_retired.remote(f, out_dir=out_dir, n_partitions=P, n_levels=L, codebook_size=K)
-                   for f in storage.list_parquet(storage.join(prior_run, "retired"))])
-        match = ray.remote(_match).options(**_TASK)
-        for used in ray.get([match.remote(b, out_dir=out_dir, n_partitions=P, n_levels=L, codebook_size=K, retrain=retrain) for b in range(P)]):
-            prior_used |= used
-
-    # 3. resolve: one task per partition
-    sample_below = None if n <= QUALITY_SAMPLE else int(QUALITY_SAMPLE / n * 2**64)  # hash below this: ~QUALITY_SAMPLE items
-    resolve = ray.remote(_resolve).options(**_TASK)
-    summaries = ray.get([resolve.remote(p, out_dir=out_dir, model_uri=model_uri, n_levels=L, codebook_size=K, with_prior=with_prior,
-                                        retrain=retrain, sample_below=sample_below) for p in range(P)])
-    n_ids = sum(s["n_ids"] for s in summaries)
-    if sum(s["n_encoded"] for s in summaries) != n or n_ids != n:
-        raise RuntimeError(f"assign: {n} items embedded but {n_ids} IDs resolved")
-    for scratch in ("encoded", "current", "prior", "retired_in", "decisions"):
-        storage.remove(storage.join(out_dir, scratch))
-
-    # 4. quality on a hash-based sample (at most QUALITY_SAMPLE items), in a worker
-    sample = sorted(((i, c, e) for s in summaries for i, c, e in zip(s["sample"]["item_id"], s["sample"]["codes"], s["sample"]["sq_err"])),
-                    key=lambda r: r[0])
-    quality_task = ray.remote(_quality).options(**_TASK)
-    checked = ray.get(quality_task.remote(
-        embeddings_uri=embeddings_uri, item_ids=[r[0] for r in sample], codes=np.asarray([r[1] for r in sample], dtype=np.int64).reshape(-1, L),
-        sq_err=np.asarray([r[2] for r in sample], dtype=np.float64), codebook_size=K, dim=dim)) if sample else {"baseline": None, "histogram": None}
     baseline = checked["baseline"]
     metrics = merge_partials([s["metrics"] for s in summaries], prefix_coherence=baseline["run"]["prefix_coherence"] if baseline else []).to_dict()
     n_moved = sum(s["n_moved"] for s in summaries)
@@ -483,4 +529,5 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
         n_retired=sum(s["n_retired"] for s in summaries),
         drift=drift,
         partitions=P,
+        runner="task" if single else "ray_data",
     )

@@ -143,6 +143,9 @@ class AssignConfig(_Strict):
     """Items per resolution partition (partitions split the first-level codes): P = ceil(items / this)."""
     max_partitions: int = Field(64, ge=1)
     """At most this many partitions, whatever the catalog size."""
+    single_task_max_items: int = Field(100_000, ge=0)
+    """A one-partition catalog of at most this many items runs the whole stage in one Ray task (same steps
+    and outputs; skips the encoder actor's start-up and the Ray Data pipeline, most of a small stage's time)."""
 
 
 class GatesConfig(_Strict):

@@ -381,6 +381,8 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
     import ray
     import ray.data
 
+    from tasks.ray_runtime import cpu_threads_per_worker
+
     resources = ray.cluster_resources()
     if device == "cuda":
         capacity = max(1, int(resources.get("GPU", 1)))
@@ -388,7 +390,7 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
         capacity = max(1, int(resources.get("CPU", 1)))
     # No more actors than the cluster can hold (more would wait forever) or than files to embed.
     num_actors = max(1, min(config.num_actors or capacity, capacity, len(misses)))
-    threads = 1 if device == "cuda" else cpu_threads_per_actor(num_actors)
+    threads = 1 if device == "cuda" else cpu_threads_per_worker(num_actors)
     batch_size = batch_size_for(config, device)
     ds = ray.data.from_items([{"path": f} for f in misses], override_num_blocks=len(misses))
     ds = ds.map_batches(
@@ -414,21 +416,6 @@ def _embed_with_ray(misses: list[str], *, n_misses: int, out_dir: str, n_buckets
 def batch_size_for(config: EmbedConfig, device: str) -> int:
     """Texts per model call: ``embed.batch_size``, or the device's default when it is unset."""
     return config.batch_size or (_DEFAULT_GPU_BATCH if device == "cuda" else _DEFAULT_CPU_BATCH)
-
-
-def cpu_threads_per_actor(num_actors: int) -> int:
-    """Torch threads (and Ray CPUs) of each CPU embedding actor: the cluster's CPUs shared out, at most one node's worth.
-
-    One actor on a 2-CPU box embeds about 2x faster with both cores than with one
-    (measured on the demo catalog: 53 vs 94 texts/s at batch 256); several actors on one
-    node each get their share, so the node is never oversubscribed.
-    """
-    import ray
-
-    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    total = int(sum(nodes))
-    largest = int(max(nodes, default=1))
-    return max(1, min(largest, total // max(num_actors, 1)))
 
 
 # --------------------------------------------------------------------------- the stage

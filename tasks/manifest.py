@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -139,6 +139,8 @@ class AssignResult(StageResult):
     """Stable runs: how well the frozen prior model serves new/changed items (tasks.drift)."""
     partitions: int = 1
     """Resolution partitions (by first-level code) the IDs were resolved in."""
+    runner: Literal["task", "ray_data"] = "ray_data"
+    """``task``: the whole stage in one Ray task (small one-partition catalogs); ``ray_data``: encoder actors, then a task per step."""
 
 
 R = TypeVar("R", bound=StageResult)

@@ -90,6 +90,19 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
             local.stop()
 
 
+def cpu_threads_per_worker(num_workers: int) -> int:
+    """Torch threads (and Ray CPUs) of each of ``num_workers`` CPU workers: the cluster's CPUs shared out, at most one node's worth.
+
+    One worker on a 2-CPU box embeds (and fits) 1.6-2x faster with both cores than with
+    one (measured: 53 vs 94 texts/s on the demo catalog); several workers on one node each
+    get their share, so the node is never oversubscribed.
+    """
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    total = int(sum(nodes))
+    largest = int(max(nodes, default=1))
+    return max(1, min(largest, total // max(num_workers, 1)))
+
+
 def gpu_available() -> bool:
     """Whether the Ray cluster (or, without Ray, this process) has a GPU to schedule on."""
     if ray.is_initialized():

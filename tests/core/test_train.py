@@ -127,3 +127,37 @@ def test_fit_is_deterministic_for_a_seed():
         fit(model=model, train=train(2), epoch_batches=epochs_of(x, 256), steps_per_epoch=8)
         runs.append(encode_array(model, x).codes)
     assert torch.equal(runs[0], runs[1])
+
+
+def test_fit_repeats_bit_for_bit_with_several_threads():
+    """The fit stage gives torch every CPU it holds: two fits with 2 threads must give the same weights.
+
+    Indexing the codebook (``codebook[codes]``) has a scatter-add backward whose float sums
+    are ordered by thread scheduling; the quantizer's one-hot product is a matrix product.
+    """
+    x = clustered(n=2048, k=200)
+    weights = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(2):
+            model = RQVAE(config=RQVAEConfig(**SMALL, codebook_size=64))
+            fit(model=model, train=train(2, lr=1e-3), epoch_batches=epochs_of(x, batch_size=256), steps_per_epoch=8, init_data=x)
+            weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_the_one_hot_codeword_equals_indexing_and_trains_the_same_codewords():
+    """Forward values are exactly the gathered codewords; the codebook gradient matches indexing's up to float order."""
+    from rqvae_core.quantize import VectorQuantizer
+
+    g = torch.Generator().manual_seed(0)
+    vq = VectorQuantizer(dim=16, codebook_size=8, kmeans_init=False, dead_code_window=0, mode="ste")
+    x = torch.randn(64, 16, generator=g)
+    out = vq(x)
+    assert torch.equal(out.codeword, vq.codebook[out.codes].detach())
+    out.codebook_loss.backward()
+    expected = torch.zeros_like(vq.codebook).index_add_(0, out.codes, 2 * (vq.codebook[out.codes].detach() - x) / x.numel())
+    assert torch.allclose(vq.embed.grad, expected, atol=1e-7)

@@ -57,15 +57,16 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def _config(partition_rows):
-    return PipelineConfig.model_validate({"assign": {"partition_rows": partition_rows, "rows_per_file": 300, "batch_size": 128}})
+def _config(partition_rows, single_task_max_items):
+    return PipelineConfig.model_validate({"assign": {"partition_rows": partition_rows, "rows_per_file": 300, "batch_size": 128,
+                                                     "single_task_max_items": single_task_max_items}})
 
 
-def _run(tmp_path, name, ids, hashes, vectors, model_dir, *, partition_rows, prior=None, retrain=False):
+def _run(tmp_path, name, ids, hashes, vectors, model_dir, *, partition_rows, prior=None, retrain=False, single_task_max_items=10**6):
     emb = tmp_path / name / "embed"
     _write_embeddings(emb, ids, hashes, vectors)
     result = assign_mod.assign(embeddings_uri=str(emb), embeddings_hash=name, model_uri=str(model_dir), model_hash="m",
-                               work_uri=str(tmp_path / name / "work"), config=_config(partition_rows), prior_run=prior, retrain=retrain)
+                               work_uri=str(tmp_path / name / "work"), config=_config(partition_rows, single_task_max_items), prior_run=prior, retrain=retrain)
     # a published run's layout, for the next run to chain from
     run = tmp_path / name / "run"
     for sub in ("semantic_ids", "changes", "retired"):
@@ -73,6 +74,10 @@ def _run(tmp_path, name, ids, hashes, vectors, model_dir, *, partition_rows, pri
             shutil.copytree(tmp_path / name / "work" / "assign" / sub, run / sub)
     shutil.copy(tmp_path / name / "work" / "assign" / "quality.json", run / "quality.json")
     return result, run
+
+
+def h_bytes(run):
+    return [p.read_bytes() for p in sorted((run / "semantic_ids").glob("*.parquet"))] + [(run / "quality.json").read_bytes()]
 
 
 def _ids(run):
@@ -97,9 +102,12 @@ def test_partitioned_assign_equals_the_single_process_reference(tmp_path, model_
     assert ref.n_moved > 0, "the case is meant to exercise overflow"
 
     one, run_one = _run(tmp_path, "one", ids, ids, vectors, model_dir, partition_rows=10**6)
+    actors, run_actors = _run(tmp_path, "actors", ids, ids, vectors, model_dir, partition_rows=10**6, single_task_max_items=0)
     many, run_many = _run(tmp_path, "many", ids, ids, vectors, model_dir, partition_rows=200)
-    assert (one.partitions, many.partitions) == (1, 8)
+    assert (one.partitions, actors.partitions, many.partitions) == (1, 1, 8)
+    assert (one.runner, actors.runner, many.runner) == ("task", "ray_data", "ray_data")
     assert len(list((run_many / "semantic_ids").glob("part-*.parquet"))) == 8
+    assert h_bytes(run_one) == h_bytes(run_actors), "one task or encoder actors: the same files"
     for result, run in ((one, run_one), (many, run_many)):
         got_ids, got_codes, _ = _ids(run)
         order = np.argsort(ids)
@@ -130,7 +138,8 @@ def _retired_set(run):
     return sorted(tuple(r) for r in storage.read_parquet(str(run / "retired"))["codes"].to_pylist())
 
 
-def test_stable_and_retrain_runs_equal_the_reference_across_partitions(tmp_path, model_dir, ray_cluster):
+@pytest.mark.parametrize("partition_rows", [100, 10**6], ids=["partitions", "one_task"])
+def test_stable_and_retrain_runs_equal_the_reference_across_partitions(tmp_path, model_dir, ray_cluster, partition_rows):
     n = 700
     ids0 = np.array([f"item-{i:05d}" for i in range(n)])
     vectors0 = _vectors(n, seed=4)
@@ -145,8 +154,8 @@ def test_stable_and_retrain_runs_equal_the_reference_across_partitions(tmp_path,
         codes, dist, lld = _reference_codes(model_dir, vectors)
         ref = reassign_stable(item_ids=ids, text_hashes=hashes, codes=codes, distances=dist, codebook_size=K, prior_item_ids=prior_ids,
                               prior_text_hashes=prior_hashes, prior_codes=prior_codes, prior_retired=prior_retired, last_level_distances=lld)
-        result, night = _run(tmp_path, f"night{i}", ids, hashes, vectors, model_dir, partition_rows=100, prior=str(night))
-        assert result.partitions == 8
+        result, night = _run(tmp_path, f"night{i}", ids, hashes, vectors, model_dir, partition_rows=partition_rows, prior=str(night))
+        assert (result.partitions, result.runner) == ((8, "ray_data") if partition_rows == 100 else (1, "task"))
         order = np.argsort(ids)
         got_ids, got_codes, table = _ids(night)
         assert got_ids.tolist() == ids[order].tolist()
@@ -165,8 +174,8 @@ def test_stable_and_retrain_runs_equal_the_reference_across_partitions(tmp_path,
     codes, dist, lld = _reference_codes(model_dir, vectors)
     occupied = np.unique(np.concatenate([prior_codes, prior_retired]), axis=0)
     ref = resolve_collisions(item_ids=ids, codes=codes, distances=dist, codebook_size=K, last_level_distances=lld, occupied=occupied)
-    result, retrained = _run(tmp_path, "retrain", ids, hashes, vectors, model_dir, partition_rows=100, prior=str(night), retrain=True)
-    assert result.partitions == 7
+    result, retrained = _run(tmp_path, "retrain", ids, hashes, vectors, model_dir, partition_rows=partition_rows, prior=str(night), retrain=True)
+    assert result.partitions == (7 if partition_rows == 100 else 1)
     order = np.argsort(ids)
     got_ids, got_codes, _ = _ids(retrained)
     assert got_codes.astype(np.int32).tobytes() == ref.codes[order].tobytes()
