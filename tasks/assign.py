@@ -438,9 +438,10 @@ def _after_encode(run: Callable[[Callable[..., Any], list[dict[str, Any]]], list
     return prior_used, summaries, checked
 
 
-def _assign_in_one_task(*, embeddings_uri: str, encoder: dict[str, Any], steps: dict[str, Any]) -> tuple[int, np.ndarray, list[dict[str, Any]], dict[str, Any]]:
-    """A small catalog's whole stage in one Ray task: the encoder over every embeddings part, then steps 2-4 inline."""
-    item_encoder = ItemEncoder(**encoder)
+def _assign_in_one_task(*, embeddings_uri: str, encoder: dict[str, Any], encoder_class: type, steps: dict[str, Any]) -> tuple[int, np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """A small catalog's whole stage in one Ray task: ``encoder_class`` (``ItemEncoder``, handed over by the driver as it
+    hands it to the actor pool) over every embeddings part, then steps 2-4 inline."""
+    item_encoder = encoder_class(**encoder)
     n_done = 0
     for uri in storage.list_parquet(embeddings_uri):
         table = storage.read_parquet(uri).select(["item_id", "text_hash", "vector"])
@@ -469,7 +470,7 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
     single = P == 1 and n <= config.assign.single_task_max_items
     if single:
         one_task = ray.remote(_assign_in_one_task).options(**_TASK, num_gpus=1 if device == "cuda" else 0)
-        n_done, prior_used, summaries, checked = ray.get(one_task.remote(embeddings_uri=embeddings_uri, encoder=encoder, steps=steps))
+        n_done, prior_used, summaries, checked = ray.get(one_task.remote(embeddings_uri=embeddings_uri, encoder=encoder, encoder_class=ItemEncoder, steps=steps))
         progress.report("assign", n_done)
     else:
         # 1. encode: actors write their rows; the driver counts them

@@ -55,7 +55,10 @@ class EmbedConfig(_Strict):
     """Items per text bucket: the stage's tasks and output parts split the texts into ceil(items / this) buckets (at most 256)."""
     rows_per_file: int = Field(2_000, ge=1)
     """Texts per embedding-actor call: each bucket's texts to embed are written in files of this many,
-    sorted by text hash; each call embeds one file and writes its vectors as one file (one progress step)."""
+    sorted by text length, then hash; each call embeds one file and writes its vectors as one file (one progress step)."""
+    single_task_max_items: int = Field(100_000, ge=0)
+    """A one-bucket catalog of at most this many items runs the whole stage in one Ray task holding a node's
+    CPUs (or a GPU): the same steps and files, without the Ray Data pipeline and its actor pool beside it."""
 
 
 _MODEL = RQVAEConfig()  # the defaults live in rqvae_core.config; the sections below only add ranges and docs

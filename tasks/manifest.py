@@ -74,6 +74,9 @@ class EmbedResult(StageResult):
     device: str
     fp16: bool
     num_actors: int
+    """Embedding actors in the pool (0: the stage ran as one task)."""
+    runner: Literal["task", "ray_data"] = "ray_data"
+    """``task``: the whole stage in one Ray task (small one-bucket catalogs); ``ray_data``: a task per step, an actor pool embeds."""
     parts: int
     embed_seconds: float
     items_per_s: float

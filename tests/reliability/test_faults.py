@@ -58,7 +58,9 @@ def test_ray_workers_killed_in_embed_and_assign_are_restarted_and_output_is_iden
     """SIGKILL the embedding actor mid-batch and the assignment actor; Ray restarts them and retries the work."""
     out = tmp_path / "out"  # no embedding cache: the embedder must really run
     # -vv: Ray's retry lines stay on the terminal (the quiet CLI otherwise writes them to the run's log file)
-    run = h.start_run(tmp_path, catalog=reference.catalog, out=out, run_id="killed-workers", config=reference.config, extra_args=["-vv"])
+    # the actor pools, not a small catalog's one-task path (the reference run took that one: same IDs either way)
+    config = h.write_config(tmp_path / "actors.json", embed={**h.TINY["embed"], "single_task_max_items": 0}, assign={"single_task_max_items": 0})
+    run = h.start_run(tmp_path, catalog=reference.catalog, out=out, run_id="killed-workers", config=config, extra_args=["-vv"])
     seen: dict[str, set[int]] = {"TextEmbedder": set(), "ItemEncoder": set()}
     killed: dict[str, int] = {}
     try:
@@ -95,7 +97,8 @@ def test_ray_workers_killed_in_embed_and_assign_are_restarted_and_output_is_iden
 def test_actors_that_die_on_every_batch_fail_the_stage_instead_of_hanging(tmp_path, reference, monkeypatch):
     """Ray Data restarts a lost actor forever by default: a worker that crashes on every attempt would
     hang the run (holding the catalog lock). Embed and assign bound the restarts, so the stage fails
-    (and the Prefect task retry takes over). The real stage code runs, with the actor class swapped."""
+    (and the Prefect task retry takes over); so does a small catalog's one-task path (bounded task
+    retries). The real stage code runs, with the actor class swapped."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -121,17 +124,30 @@ def test_actors_that_die_on_every_batch_fail_the_stage_instead_of_hanging(tmp_pa
     (tmp_path / "embed").mkdir()
     pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "vector": embed_mod.vectors_array(vectors)}), tmp_path / "embed" / "part-00000.parquet")
     pq.write_table(pa.table({"text_hash": ids, "text": [f"item {i}" for i in ids]}), tmp_path / "misses.parquet")
+    pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "text": [f"item {i}" for i in ids]}), tmp_path / "items.parquet")
+    reference_config = json.loads(reference.config.read_text())
+
+    def config(single_task_max_items: int) -> PipelineConfig:
+        return PipelineConfig.model_validate({**reference_config, "assign": {**reference_config.get("assign", {}), "single_task_max_items": single_task_max_items}})
+
+    def run_assign(single_task_max_items: int) -> None:
+        assign_mod.assign(embeddings_uri=str(tmp_path / "embed"), embeddings_hash="x", model_uri=str(reference.prefix / "model"), model_hash="y",
+                          work_uri=str(tmp_path / "work"), config=config(single_task_max_items))
+
     with ray_session(num_cpus=2):
-        for name, call in {
-            "embed": lambda: embed_mod._embed_with_ray([str(tmp_path / "misses.parquet")], n_misses=n, out_dir=str(tmp_path / "new"), n_buckets=1,
-                                                       model_path="unused", device="cpu", fp16=False, config=EmbedConfig(batch_size=8)),
-            "assign": lambda: assign_mod.assign(
-                embeddings_uri=str(tmp_path / "embed"), embeddings_hash="x", model_uri=str(reference.prefix / "model"), model_hash="y",
-                work_uri=str(tmp_path / "work"), config=PipelineConfig.model_validate(json.loads(reference.config.read_text())),
-            ),
-        }.items():
+        for name, call, error in (
+            ("embed actors", lambda: embed_mod._embed_with_ray([str(tmp_path / "misses.parquet")], n_misses=n, config=EmbedConfig(batch_size=8), embedder={
+                "model_path": "unused", "device": "cpu", "fp16": False, "batch_size": 8, "out_dir": str(tmp_path / "new"), "n_buckets": 1}),
+             ray.exceptions.RayActorError),
+            # the one-task path of a small catalog: Ray retries the task (max_retries), then the stage fails
+            ("embed task", lambda: embed_mod.embed(items_uri=str(tmp_path / "items.parquet"), work_uri=str(tmp_path / "embed-work"), cache_uri=None,
+                                                   config=EmbedConfig(device="cpu", cache=False)),
+             ray.exceptions.WorkerCrashedError),
+            ("assign actors", lambda: run_assign(0), ray.exceptions.RayActorError),
+            ("assign task", lambda: run_assign(10**6), ray.exceptions.WorkerCrashedError),
+        ):
             t0 = time.monotonic()
-            with pytest.raises(ray.exceptions.RayActorError):
+            with pytest.raises(error):
                 call()
             assert time.monotonic() - t0 < 60, f"{name}: gave up only after {time.monotonic() - t0:.0f}s"
     assert not (tmp_path / "work" / "assign" / "_stage.json").exists()

@@ -224,16 +224,16 @@ def test_cache_parts_from_before_sharding_are_still_read(first_run, base_dir, it
 
 def test_cache_disabled_embeds_everything_in_files_shared_by_two_actors(first_run, base_dir):
     """Cache off: every text is embedded again, here as 3 misses files of 2 texts on 2 actors (1 thread each),
-    and the vectors equal the first run's (one file, one 2-thread actor)."""
+    and the vectors equal the first run's (one file, the one-task path with 2 threads)."""
     texts = TEXTS[:5]
     uri = _write_items(base_dir / "items_small.parquet", texts)
     m = embed(
         items_uri=uri,
         work_uri=str(base_dir / "run_nocache"),
         cache_uri=str(base_dir / "cache"),
-        config=CPU.model_copy(update={"cache": False, "rows_per_file": 2, "num_actors": 2}),
+        config=CPU.model_copy(update={"cache": False, "rows_per_file": 2, "num_actors": 2, "single_task_max_items": 0}),
     )
-    assert m.embedded == 5 and m.cache_hits == 0 and m.num_actors == 2
+    assert m.embedded == 5 and m.cache_hits == 0 and m.num_actors == 2 and m.runner == "ray_data"
     assert m.cache is None
     first = dict(zip(_read_out(first_run)["text_hash"].to_pylist(), _read_out(first_run)["vector"].to_pylist()))
     out = _read_out(m)
