@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -46,6 +46,7 @@ import torch
 from rqvae_core.ids import check_capacity, format_sid
 from rqvae_core.metrics import MetricsAccumulator, compare_with_residual_kmeans, merge_partials
 from tasks import progress, storage
+from tasks.steps import TASK_OPTIONS, StepRunner, in_tasks, inline
 from tasks.shards import batch_name, key_dir, parquet_rows, read_dir, write_split
 from tasks.config import AssignConfig, PipelineConfig
 from tasks.drift import code_counts, drift_report
@@ -55,7 +56,6 @@ from tasks.manifest import AssignResult, hash_of, run_stage, stage_dir
 from tasks.resolve import partition_key, resolve_partitioned
 
 QUALITY_SAMPLE = 20_000  # items in the quality sample (coherence vs residual k-means, recon histogram)
-_TASK = {"num_cpus": 1, "max_retries": 2}  # every task writes deterministic file names: a retry overwrites
 
 
 # --------------------------------------------------------------------------- keys and files
@@ -385,23 +385,12 @@ def assign(*, embeddings_uri: str, embeddings_hash: str, model_uri: str, model_h
     )
 
 
-def _remote(fn: Callable[..., Any], calls: list[dict[str, Any]]) -> list[Any]:
-    """Each call of ``fn`` in its own Ray task, all in parallel (large catalogs)."""
-    task = ray.remote(fn).options(**_TASK)
-    return ray.get([task.remote(**kwargs) for kwargs in calls])
-
-
-def _inline(fn: Callable[..., Any], calls: list[dict[str, Any]]) -> list[Any]:
-    """Each call of ``fn`` in this process, one after the other (inside the one task of a small catalog)."""
-    return [fn(**kwargs) for kwargs in calls]
-
-
 def _check_encoded(n_done: int, n: int) -> None:
     if n_done != n:
         raise RuntimeError(f"assign: {n_done} items encoded, but the embeddings hold {n}")
 
 
-def _after_encode(run: Callable[[Callable[..., Any], list[dict[str, Any]]], list[Any]], *, out_dir: str, embeddings_uri: str, model_uri: str,
+def _after_encode(run: StepRunner, *, out_dir: str, embeddings_uri: str, model_uri: str,
                   n: int, P: int, L: int, K: int, dim: int, prior_run: str | None, retrain: bool) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
     """Steps 2-4 (match, resolve, quality) over the encoded shards; ``run`` runs each step's calls (Ray tasks or inline).
 
@@ -449,7 +438,7 @@ def _assign_in_one_task(*, embeddings_uri: str, encoder: dict[str, Any], encoder
                  "vector": vectors_matrix(table)}
         n_done += int(item_encoder(batch)["rows"].sum())
     _check_encoded(n_done, steps["n"])
-    return n_done, *_after_encode(_inline, embeddings_uri=embeddings_uri, **steps)
+    return n_done, *_after_encode(inline, embeddings_uri=embeddings_uri, **steps)
 
 
 def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: PipelineConfig, prior_run: str | None, retrain: bool) -> AssignResult:
@@ -469,7 +458,7 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
 
     single = P == 1 and n <= config.assign.single_task_max_items
     if single:
-        one_task = ray.remote(_assign_in_one_task).options(**_TASK, num_gpus=1 if device == "cuda" else 0)
+        one_task = ray.remote(_assign_in_one_task).options(**TASK_OPTIONS, num_gpus=1 if device == "cuda" else 0)
         n_done, prior_used, summaries, checked = ray.get(one_task.remote(embeddings_uri=embeddings_uri, encoder=encoder, encoder_class=ItemEncoder, steps=steps))
         progress.report("assign", n_done)
     else:
@@ -489,7 +478,7 @@ def _assign(*, embeddings_uri: str, model_uri: str, work_uri: str, config: Pipel
             n_done += int(batch["rows"].sum())
             progress.report("assign", n_done)
         _check_encoded(n_done, n)
-        prior_used, summaries, checked = _after_encode(_remote, embeddings_uri=embeddings_uri, **steps)
+        prior_used, summaries, checked = _after_encode(in_tasks, embeddings_uri=embeddings_uri, **steps)
 
     baseline = checked["baseline"]
     metrics = merge_partials([s["metrics"] for s in summaries], prefix_coherence=baseline["run"]["prefix_coherence"] if baseline else []).to_dict()

@@ -231,10 +231,10 @@ def gate_numbers(*, items_uri: str, n_input: int, n_quarantined: int, prior_run:
         return numbers
     import ray
 
-    if ray.is_initialized():
-        changes = ray.get(ray.remote(_prior_changes).options(num_cpus=1, max_retries=2).remote(items_uri=items_uri, prior_run=prior_run))
-    else:
-        changes = _prior_changes(items_uri=items_uri, prior_run=prior_run)
+    from tasks.steps import in_tasks, inline
+
+    run = in_tasks if ray.is_initialized() else inline
+    (changes,) = run(_prior_changes, [dict(items_uri=items_uri, prior_run=prior_run)])
     n_prior = changes["prior_items"]
     numbers.update(changes, removed_share=changes["removed"] / max(n_prior, 1), changed_share=changes["changed"] / max(n_prior, 1))
     return numbers

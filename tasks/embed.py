@@ -46,7 +46,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,7 @@ from tasks.config import EmbedConfig
 from tasks import progress
 from tasks.logs import stage_logger
 from tasks.manifest import EmbedResult, IngestResult, completed, hash_of, run_stage, stage_dir
+from tasks.steps import TASK_OPTIONS, StepRunner, in_tasks, inline
 from tasks.shards import key_dir, parquet_rows, read_dir, write_split
 
 STAGE = "embed"
@@ -294,7 +295,6 @@ def write_cache_part(cache_dir: str, table: pa.Table) -> str:
 
 # --------------------------------------------------------------------------- the steps (Ray tasks; see the module docstring)
 
-_TASK = {"num_cpus": 1, "max_retries": 2}  # deterministic file names: a retry overwrites
 
 
 def _scatter_items(uri: str, *, scratch: str, n_buckets: int) -> int:
@@ -382,20 +382,7 @@ def _finish(bucket: int, *, scratch: str, cache_dir: str | None, out_dir: str) -
     return dim
 
 
-def _remote(fn: Callable[..., Any], calls: list[dict[str, Any]]) -> list[Any]:
-    """Each call of ``fn`` in its own Ray task, all in parallel (catalogs of several buckets)."""
-    import ray
-
-    task = ray.remote(fn).options(**_TASK)
-    return ray.get([task.remote(**kwargs) for kwargs in calls])
-
-
-def _inline(fn: Callable[..., Any], calls: list[dict[str, Any]]) -> list[Any]:
-    """Each call of ``fn`` in this process, one after the other (inside a small catalog's one task)."""
-    return [fn(**kwargs) for kwargs in calls]
-
-
-def _before_embedding(run: Callable[[Callable[..., Any], list[dict[str, Any]]], list[Any]], *, files: list[str], scratch: str, cache_dir: str | None,
+def _before_embedding(run: StepRunner, *, files: list[str], scratch: str, cache_dir: str | None,
                       n_items: int, n_buckets: int, rows_per_file: int, **_: Any) -> list[dict[str, Any]]:
     """Steps 1-2 (scatter, lookup); ``run`` runs each step's calls (Ray tasks or inline). Returns the buckets' lookups."""
     run(_scatter_items, [dict(uri=f, scratch=scratch, n_buckets=n_buckets) for f in files])
@@ -409,7 +396,7 @@ def _before_embedding(run: Callable[[Callable[..., Any], list[dict[str, Any]]], 
 def _embed_in_one_task(*, steps: dict[str, Any], embedder: dict[str, Any], embedder_class: type) -> tuple[list[dict[str, Any]], list[int | None], float]:
     """A one-bucket catalog's whole stage in one Ray task: steps 1, 2 and 4 inline, step 3 by ``embedder_class``
     (``TextEmbedder``, handed over by the driver as it hands it to the actor pool) in this process."""
-    looked = _before_embedding(_inline, **steps)
+    looked = _before_embedding(inline, **steps)
     misses = [f for r in looked for f in r["files"]]
     n_misses = sum(r["misses"] for r in looked)
     t0 = time.perf_counter()
@@ -422,7 +409,7 @@ def _embed_in_one_task(*, steps: dict[str, Any], embedder: dict[str, Any], embed
         if done != n_misses:
             raise RuntimeError(f"embed: {n_misses} texts in, {done} vectors out")
     embed_seconds = time.perf_counter() - t0 if misses else 0.0
-    dims = _inline(_finish, [dict(bucket=b, scratch=steps["scratch"], cache_dir=steps["cache_dir"], out_dir=steps["out_dir"]) for b in range(steps["n_buckets"])])
+    dims = inline(_finish, [dict(bucket=b, scratch=steps["scratch"], cache_dir=steps["cache_dir"], out_dir=steps["out_dir"]) for b in range(steps["n_buckets"])])
     return looked, dims, embed_seconds
 
 
@@ -524,18 +511,18 @@ def _embed_items(files: list[str], *, identity: dict[str, str], device: str, fp1
         # One Ray task holding a node's CPUs (or a GPU): one worker process imports torch and loads the model once,
         # no Ray Data executor or actor pool beside it.
         threads = 1 if device == "cuda" else cpu_threads_per_worker(1)
-        task = ray.remote(_embed_in_one_task).options(**{**_TASK, "num_cpus": threads}, num_gpus=1 if device == "cuda" else 0)
+        task = ray.remote(_embed_in_one_task).options(**{**TASK_OPTIONS, "num_cpus": threads}, num_gpus=1 if device == "cuda" else 0)
         looked, dims, embed_seconds = ray.get(task.remote(steps=steps, embedder={**embedder, "threads": threads}, embedder_class=TextEmbedder))
         num_actors = 0
     else:
-        looked = _before_embedding(_remote, **steps)
+        looked = _before_embedding(in_tasks, **steps)
         embed_seconds = 0.0
         num_actors = 0
         if any(r["misses"] for r in looked):
             t0 = time.perf_counter()
             num_actors = _embed_with_ray([f for r in looked for f in r["files"]], n_misses=sum(r["misses"] for r in looked), embedder=embedder, config=config)
             embed_seconds = time.perf_counter() - t0
-        dims = _remote(_finish, [dict(bucket=b, scratch=scratch, cache_dir=cache_dir, out_dir=out_dir) for b in range(B)])
+        dims = in_tasks(_finish, [dict(bucket=b, scratch=scratch, cache_dir=cache_dir, out_dir=out_dir) for b in range(B)])
     n_unique = sum(r["unique"] for r in looked)
     n_misses = sum(r["misses"] for r in looked)
     storage.remove(scratch)

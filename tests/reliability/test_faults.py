@@ -9,6 +9,7 @@ fails with a readable reason and publishes nothing (no ``_SUCCESS``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -124,7 +125,8 @@ def test_actors_that_die_on_every_batch_fail_the_stage_instead_of_hanging(tmp_pa
     (tmp_path / "embed").mkdir()
     pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "vector": embed_mod.vectors_array(vectors)}), tmp_path / "embed" / "part-00000.parquet")
     pq.write_table(pa.table({"text_hash": ids, "text": [f"item {i}" for i in ids]}), tmp_path / "misses.parquet")
-    pq.write_table(pa.table({"item_id": ids, "text_hash": ids, "text": [f"item {i}" for i in ids]}), tmp_path / "items.parquet")
+    texts = [f"item {i}" for i in ids]
+    pq.write_table(pa.table({"item_id": ids, "text_hash": [hashlib.sha256(t.encode()).hexdigest() for t in texts], "text": texts}), tmp_path / "items.parquet")
     reference_config = json.loads(reference.config.read_text())
 
     def config(single_task_max_items: int) -> PipelineConfig:
