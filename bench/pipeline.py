@@ -6,8 +6,8 @@
 Flow: ``semid run`` semantics (Prefect ephemeral API, local Ray, every stage
 real). Baseline: the same work without orchestration, in one process:
 SentenceTransformer.encode → ``rqvae_core.fit`` (same config and epochs) →
-``resolve_collisions``, with torch on every CPU (the flow's embed actor gets the
-same threads; fit and assign run one thread per Ray task). Reported: wall time per stage, peak RSS of the whole
+``resolve_collisions``, with torch on every CPU (as the flow's embed and fit tasks
+of a small catalog; assign encodes with one thread per Ray task). Reported: wall time per stage, peak RSS of the whole
 process tree (Ray workers included, sampled from /proc), quality.json headline.
 """
 
