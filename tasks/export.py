@@ -57,8 +57,8 @@ def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitRes
     for name, uri in (("changes", assign.changes), ("retired", assign.retired)):
         if uri is not None:
             files[name] = [f"{name}/{p}" for p in storage.copy_tree(uri, storage.join(prefix, name))]
-    storage.copy_file(ingest.quarantine, storage.join(prefix, "quarantine", "part-00000.parquet"))
-    storage.copy_file(ingest.items, storage.join(prefix, "items", "part-00000.parquet"))
+    for name, uri in (("quarantine", ingest.quarantine), ("items", ingest.items)):
+        storage.copy_tree(uri, storage.join(prefix, name))
     files["model"] = [f"model/{p}" for p in storage.copy_tree(fit.model, storage.join(prefix, "model"))]
 
     quality = storage.read_json(assign.quality)

@@ -10,12 +10,21 @@ header suffixes (``item_id:token``, ``categories:token_seq``) are stripped.
 
 Output under ``<work>/ingest/``:
 
-``items.parquet``
-    ``item_id`` (surrounding whitespace stripped), ``text``, ``text_hash``; sorted by item_id.
-``quarantine.parquet``
+``items/part-<p>.parquet``
+    ``item_id`` (surrounding whitespace stripped), ``text``, ``text_hash``; one part per
+    partition ``p`` (CRC-32 of the item_id mod the partitions), sorted by item_id within it.
+``quarantine/part-00000.parquet``
     the rejected rows with every input column unchanged (strings), plus
     ``reason`` (``empty_id`` | ``empty_text`` | ``duplicate_id``) and
-    ``row_number`` (0-based position of the record among the data records).
+    ``row_number`` (0-based position of the record among the data records); in input order.
+``vectors/part-*.parquet`` (``ingest.embedding_column`` only)
+    item_id, text_hash, vector; partition by partition, sorted by item_id within each.
+
+Memory is bounded by a partition, not by the catalog (``ingest.partition_bytes``):
+pass 1 streams the catalog (polars streaming engine) and spills one small record per
+row to local disk by partition; pass 2 validates and de-duplicates one partition at a
+time (every copy of an id is in the same partition); pass 3 streams the quarantined
+rows' original columns out in input order.
 
 Rules:
 
@@ -51,12 +60,17 @@ import concurrent.futures
 import hashlib
 import html
 import json
+import math
 import multiprocessing
+import os
 import re
+import tempfile
+import zlib
 from typing import Any, Iterable, NamedTuple
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks import storage
 from tasks.config import IngestConfig
@@ -71,6 +85,10 @@ EMBEDDING_REASON = "bad_embedding"  # only with ingest.embedding_column
 _VEC = "__vector__"
 VECTOR_PART_ROWS = 50_000  # as the embed stage's parts
 HASH_HEX_CHARS = 32  # 16 bytes of sha256
+MAX_PARTITIONS = 256
+_PART = "__semid_partition"
+_SPILL_ROWS = 100_000  # records per streamed batch
+_ITEMS = pa.schema([("item_id", pa.string()), ("text", pa.string()), ("text_hash", pa.string())])
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -185,6 +203,7 @@ def detect_format(uri: str, configured: str = "auto") -> str:
 
 class _FileFacts(NamedTuple):
     sha256: str
+    size: int
     tail: bytes  # the file's last bytes (up to _TAIL), for the truncation check
 
 
@@ -224,7 +243,7 @@ def _hash_file(uri: str, fmt: str) -> _FileFacts:
         )
     if bad_utf8 is not None:
         raise IngestError(f"cannot parse {uri} as {fmt}: {bad_utf8}")
-    return _FileFacts(h.hexdigest(), tail)
+    return _FileFacts(h.hexdigest(), size, tail)
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -553,7 +572,9 @@ def _run(
             raise IngestError(f"embedding column {emb_col!r} cannot also be the id or a text column")
         raw = raw.with_columns(_vector_expr(fmt, emb_col))
 
-    # Pass 1 (streaming): one small row per record.
+    # Pass 1 (streaming): one small row per record, spilled to local disk by partition (a hash of item_id,
+    # so every copy of an id lands in the same partition).
+    n_parts = partitions(facts.size, config)
     item_id = pl.col(id_col).str.strip_chars()
     text = _text_expr(text_cols, list_like, config)
     core = (
@@ -562,7 +583,7 @@ def _run(
             pl.col(_ROW).cast(pl.Int64),
             item_id.alias("item_id"),
             text.alias("text"),
-            *([pl.col(_VEC).list.len().alias("vec_len"), _all_finite(pl.col(_VEC)).alias("vec_finite")] if emb_col else []),
+            *([pl.col(_VEC), pl.col(_VEC).list.len().alias("vec_len"), _all_finite(pl.col(_VEC)).alias("vec_finite")] if emb_col else []),
         )
         .with_columns(
             pl.col("text").map_batches(_hash_series, return_dtype=pl.String, is_elementwise=True).alias("text_hash"),
@@ -572,81 +593,81 @@ def _run(
             .then(pl.lit("empty_text"))
             .otherwise(pl.lit(None, dtype=pl.String))
             .alias("reason"),
+            (pl.col("item_id").map_batches(lambda ids: _partition_series(ids, n_parts), return_dtype=pl.UInt32, is_elementwise=True)
+             if n_parts > 1 else pl.lit(0, dtype=pl.UInt32)).alias(_PART),
         )
-        .collect(engine="streaming")
     )
-    n_input = core.height
-    if n_input == 0:
-        raise IngestError(f"catalog has no records: {catalog_uri}")
-    dim = None
-    if emb_col:
-        lengths = core.filter(pl.col("vec_len").is_not_null() & (pl.col("vec_len") > 0))["vec_len"]
-        if lengths.len() == 0:
-            raise IngestError(f"embedding column {emb_col!r} holds no vectors")
-        counts = lengths.value_counts().sort(["count", "vec_len"], descending=[True, False])
-        dim = int(counts["vec_len"][0])  # the catalog's dimension: the most common length
-        bad = pl.col("vec_len").is_null() | (pl.col("vec_len") != dim) | ~pl.col("vec_finite").fill_null(False)
-        core = core.with_columns(pl.when(pl.col("reason").is_null() & bad).then(pl.lit(EMBEDDING_REASON)).otherwise(pl.col("reason")).alias("reason"))
-
-    # Duplicates: survivor = smallest text_hash, then smallest row number.
-    candidates = core.filter(pl.col("reason").is_null()).sort(["item_id", "text_hash", _ROW])
-    first = candidates["item_id"].is_first_distinct()
-    survivors = candidates.filter(first)
-    items = survivors.select("item_id", "text", "text_hash")
-    rejected = pl.concat(
-        [
-            core.filter(pl.col("reason").is_not_null()).select(_ROW, "reason"),
-            candidates.filter(~first).select(_ROW, pl.lit("duplicate_id").alias("reason")),
-        ]
-    ).sort(_ROW)
-    del core, candidates
-    vectors_uri = None
-    if emb_col:
-        vectors_uri = _write_vectors(raw, survivors.select(_ROW, "item_id", "text_hash"), dim=dim, out_dir=storage.join(stage_dir(work_uri, STAGE), "vectors"))
-    del survivors
-
-    # Pass 2: the rejected rows with their original columns, unchanged.
-    out_names = {c: (f"{c}_input" if c in ("reason", "row_number") else c) for c in columns}
-    if rejected.height:
-        quarantine = (
-            raw.with_row_index(_ROW)
-            .with_columns(pl.col(_ROW).cast(pl.Int64))
-            .join(rejected.lazy(), on=_ROW, how="inner")
-            .sort(_ROW)
-            .select(
-                *[(_as_json_text(c) if c == emb_col and fmt == "parquet" else pl.col(c)).alias(out_names[c]) for c in columns],
-                pl.col("reason"),
-                pl.col(_ROW).alias("row_number"),
-            )
-            .collect(engine="streaming")
-        )
-    else:
-        quarantine = pl.DataFrame(
-            schema={**{out_names[c]: pl.String for c in columns}, "reason": pl.String, "row_number": pl.Int64}
-        )
-
-    n_valid, n_quar = items.height, quarantine.height
-    if n_input != n_valid + n_quar:
-        raise RuntimeError(f"ingest invariant violated: input {n_input} != valid {n_valid} + quarantined {n_quar}")
-
     out_dir = stage_dir(work_uri, STAGE)
-    items_uri = storage.join(out_dir, "items.parquet")
-    quarantine_uri = storage.join(out_dir, "quarantine.parquet")
-    items_table = _to_arrow(items, {"item_id": pa.string(), "text": pa.string(), "text_hash": pa.string()})
-    quarantine_table = _to_arrow(
-        quarantine,
-        {**{out_names[c]: pa.string() for c in columns}, "reason": pa.string(), "row_number": pa.int64()},
+    paths = {name: storage.join(out_dir, name) for name in ("items", "quarantine", "vectors")}
+    with tempfile.TemporaryDirectory(prefix="semid-ingest-") as tmp:
+        spill = _Spill(tmp, n_parts)
+        for batch in core.collect_batches(chunk_size=_SPILL_ROWS, engine="streaming"):
+            spill.add(batch)
+        spill.close()
+        if spill.rows == 0:
+            raise IngestError(f"catalog has no records: {catalog_uri}")
+        dim = None
+        if emb_col:
+            if not spill.vec_lengths:
+                raise IngestError(f"embedding column {emb_col!r} holds no vectors")
+            dim = min(spill.vec_lengths, key=lambda n: (-spill.vec_lengths[n], n))  # the catalog's dimension: the most common length
+        _remove_outputs(out_dir, paths)
+
+        # Pass 2, one partition at a time: duplicates (survivor = smallest text_hash, then smallest row number).
+        rejected, n_valid, n_vector_parts = [], 0, 0
+        for p in range(n_parts):
+            records = spill.read(p)
+            if emb_col:
+                bad = pl.col("vec_len").is_null() | (pl.col("vec_len") != dim) | ~pl.col("vec_finite").fill_null(False)
+                records = records.with_columns(pl.when(pl.col("reason").is_null() & bad).then(pl.lit(EMBEDDING_REASON)).otherwise(pl.col("reason")).alias("reason"))
+            candidates = records.filter(pl.col("reason").is_null()).sort(["item_id", "text_hash", _ROW])
+            first = candidates["item_id"].is_first_distinct()
+            survivors = candidates.filter(first)
+            rejected.append(pl.concat([
+                records.filter(pl.col("reason").is_not_null()).select(_ROW, "reason"),
+                candidates.filter(~first).select(_ROW, pl.lit("duplicate_id").alias("reason")),
+            ]))
+            del records, candidates
+            n_valid += survivors.height
+            if survivors.height or (p == n_parts - 1 and n_valid == 0):  # an all-quarantined catalog still has an (empty) items part
+                _write(_to_arrow(survivors.select("item_id", "text", "text_hash"), _ITEMS), storage.join(paths["items"], f"part-{p:05d}.parquet"))
+            if emb_col and survivors.height:
+                n_vector_parts = _write_vectors(survivors, dim=dim, out_dir=paths["vectors"], first_part=n_vector_parts)
+        if emb_col and n_vector_parts == 0:  # nothing valid: one empty part keeps the layout readable
+            _write_vectors(pl.DataFrame(schema={"item_id": pl.String, "text_hash": pl.String, _VEC: pl.List(pl.Float32)}), dim=dim, out_dir=paths["vectors"], first_part=0)
+        rejection = pl.concat(rejected).sort(_ROW)
+        del rejected
+
+    # Pass 3 (streaming): the rejected rows with their original columns, unchanged, in input order.
+    out_names = {c: (f"{c}_input" if c in ("reason", "row_number") else c) for c in columns}
+    quarantine_schema = pa.schema([*(pa.field(out_names[c], pa.string()) for c in columns), pa.field("reason", pa.string()), pa.field("row_number", pa.int64())])
+    quarantine = (
+        raw.with_row_index(_ROW)
+        .with_columns(pl.col(_ROW).cast(pl.Int64))
+        .join(rejection.lazy(), on=_ROW, how="inner", maintain_order="left")
+        .select(
+            *[(_as_json_text(c) if c == emb_col and fmt == "parquet" else pl.col(c)).alias(out_names[c]) for c in columns],
+            pl.col("reason"),
+            pl.col(_ROW).alias("row_number"),
+        )
     )
     try:
-        storage.write_parquet(items_table, items_uri)
-        storage.write_parquet(quarantine_table, quarantine_uri)
+        with storage.parquet_writer(storage.join(paths["quarantine"], "part-00000.parquet"), quarantine_schema) as writer:
+            for batch in (quarantine.collect_batches(chunk_size=_SPILL_ROWS, engine="streaming") if rejection.height else ()):
+                writer.write_table(_to_arrow(batch, quarantine_schema))
+            n_quar = writer.rows
+    except pl.exceptions.PolarsError:
+        raise
     except Exception as exc:  # the output store failed, not the catalog: keep the original error type
         raise _WriteFailed() from exc
 
-    reasons = dict(quarantine.group_by("reason").len().sort("reason").iter_rows()) if n_quar else {}
+    n_input = spill.rows
+    if n_quar != rejection.height or n_input != n_valid + n_quar:
+        raise RuntimeError(f"ingest invariant violated: input {n_input} != valid {n_valid} + quarantined {n_quar} (rejected {rejection.height})")
+    reasons = dict(rejection.group_by("reason").len().iter_rows()) if n_quar else {}
     return IngestResult(
-        items=items_uri,
-        quarantine=quarantine_uri,
+        items=paths["items"],
+        quarantine=paths["quarantine"],
         input=n_input,
         valid=n_valid,
         quarantined=n_quar,
@@ -658,9 +679,72 @@ def _run(
         format=fmt,
         quarantine_reasons={r: int(reasons.get(r, 0)) for r in REASONS + ((EMBEDDING_REASON,) if emb_col else ())},
         text_hash=f"sha256[:{HASH_HEX_CHARS // 2} bytes] hex",
-        vectors=vectors_uri,
+        vectors=paths["vectors"] if emb_col else None,
         dim=dim,
+        partitions=n_parts,
     )
+
+
+def partitions(catalog_bytes: int, config: IngestConfig) -> int:
+    """Ingest partitions for a catalog of this many bytes: one per ``partition_bytes`` (so small catalogs have one)."""
+    return max(1, min(MAX_PARTITIONS, math.ceil(catalog_bytes / config.partition_bytes)))
+
+
+def _partition_series(ids: pl.Series, n_parts: int) -> pl.Series:
+    """An item's partition: CRC-32 of its UTF-8 id mod ``n_parts`` (stable across runs and library versions)."""
+    return pl.Series(ids.name, [zlib.crc32(i.encode("utf-8")) % n_parts if i else 0 for i in ids.to_list()], dtype=pl.UInt32)
+
+
+class _Spill:
+    """Pass 1's records on local disk, one Parquet file per partition, written batch by batch (bounded memory)."""
+
+    def __init__(self, root: str, n_parts: int) -> None:
+        self.root, self.n_parts = root, n_parts
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.schema: pa.Schema | None = None
+        self.rows = 0
+        self.vec_lengths: dict[int, int] = {}  # vector length -> records (non-empty vectors only)
+
+    def path(self, p: int) -> str:
+        return os.path.join(self.root, f"part-{p:05d}.parquet")
+
+    def add(self, batch: pl.DataFrame) -> None:
+        self.rows += batch.height
+        if "vec_len" in batch.columns:
+            for n, k in batch.filter(pl.col("vec_len") > 0)["vec_len"].value_counts().iter_rows():
+                self.vec_lengths[int(n)] = self.vec_lengths.get(int(n), 0) + int(k)
+        for (p,), part in batch.partition_by(_PART, as_dict=True, include_key=False).items():
+            table = part.to_arrow()
+            if self.schema is None:
+                self.schema = table.schema
+            if p not in self.writers:
+                self.writers[p] = pq.ParquetWriter(self.path(p), self.schema)
+            self.writers[p].write_table(table.cast(self.schema))
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def read(self, p: int) -> pl.DataFrame:
+        if p in self.writers:
+            return pl.read_parquet(self.path(p))
+        return pl.from_arrow(self.schema.empty_table()) if self.schema is not None else pl.DataFrame()
+
+
+def _remove_outputs(out_dir: str, paths: dict[str, str]) -> None:
+    """An interrupted earlier attempt's outputs (and the single-file layout of earlier versions)."""
+    try:
+        for uri in (*paths.values(), storage.join(out_dir, "items.parquet"), storage.join(out_dir, "quarantine.parquet")):
+            storage.remove(uri)
+    except Exception as exc:
+        raise _WriteFailed() from exc
+
+
+def _write(table: pa.Table, uri: str) -> None:
+    try:
+        storage.write_parquet(table, uri)
+    except Exception as exc:  # the output store failed, not the catalog: keep the original error type
+        raise _WriteFailed() from exc
 
 
 def _vector_expr(fmt: str, name: str) -> pl.Expr:
@@ -680,27 +764,19 @@ def _all_finite(vec: pl.Expr) -> pl.Expr:
     return vec.list.eval(pl.element().is_finite().fill_null(False)).list.all()
 
 
-def _write_vectors(raw: pl.LazyFrame, survivors: pl.DataFrame, *, dim: int, out_dir: str) -> str:
-    """The valid items' vectors as ``fixed_size_list<float32>[dim]`` parts sorted by item_id (the embed layout)."""
-    table = (
-        raw.with_row_index(_ROW)
-        .select(pl.col(_ROW).cast(pl.Int64), pl.col(_VEC))
-        .join(survivors.lazy(), on=_ROW, how="inner")
-        .sort("item_id")
-        .select("item_id", "text_hash", pl.col(_VEC).list.to_array(dim).alias("vector"))
-        .collect(engine="streaming")
-        .to_arrow()
-    )
+def _write_vectors(survivors: pl.DataFrame, *, dim: int, out_dir: str, first_part: int) -> int:
+    """One partition's vectors as ``fixed_size_list<float32>[dim]`` parts sorted by item_id (the embed layout).
+
+    Parts are numbered on from ``first_part``; returns the next number.
+    """
+    table = survivors.select("item_id", "text_hash", pl.col(_VEC).list.to_array(dim).alias("vector")).to_arrow()
     table = table.cast(pa.schema([("item_id", pa.string()), ("text_hash", pa.string()), ("vector", pa.list_(pa.float32(), dim))]))
-    try:
-        storage.remove(out_dir)
-        for i, start in enumerate(range(0, max(table.num_rows, 1), VECTOR_PART_ROWS)):
-            storage.write_parquet(table.slice(start, VECTOR_PART_ROWS), storage.join(out_dir, f"part-{i:05d}.parquet"))
-    except Exception as exc:
-        raise _WriteFailed() from exc
-    return out_dir
+    part = first_part
+    for start in range(0, max(table.num_rows, 1), VECTOR_PART_ROWS):
+        _write(table.slice(start, VECTOR_PART_ROWS), storage.join(out_dir, f"part-{part:05d}.parquet"))
+        part += 1
+    return part
 
 
-def _to_arrow(df: pl.DataFrame, types: dict[str, pa.DataType]) -> pa.Table:
-    table = df.to_arrow()
-    return table.cast(pa.schema([pa.field(n, types[n]) for n in table.column_names]))
+def _to_arrow(df: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    return df.to_arrow().cast(schema)

@@ -42,7 +42,9 @@ class StageResult(BaseModel):
 class IngestResult(StageResult):
     stage: ClassVar[str] = "ingest"
     items: str
+    """Prefix of the valid items' parts (``part-<partition>.parquet``: item_id, text, text_hash; sorted by item_id within a part)."""
     quarantine: str
+    """Prefix of the quarantined rows (one part, in input order)."""
     input: int
     valid: int
     quarantined: int
@@ -58,6 +60,8 @@ class IngestResult(StageResult):
     vectors: str | None = None
     """With ``ingest.embedding_column``: the items' own vectors, in the embed stage's layout."""
     dim: int | None = None
+    partitions: int = 1
+    """Ingest partitions (item_id hash buckets) the catalog was validated and de-duplicated in."""
 
 
 class EmbedResult(StageResult):

@@ -8,15 +8,20 @@ never from our config, so they cannot leak into manifests or logs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import posixpath
-from typing import Any
+import shutil
+from typing import Any, Iterator
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+_COPY_CHUNK = 8 << 20
 
 
 class StorageError(RuntimeError):
@@ -92,6 +97,25 @@ def write_parquet(table: pa.Table, uri: str) -> None:
     pq.write_table(table, path, filesystem=fs, compression="zstd")
 
 
+class _CountingWriter:
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self.writer, self.rows = writer, 0
+
+    def write_table(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+
+@contextlib.contextmanager
+def parquet_writer(uri: str, schema: pa.Schema) -> Iterator[_CountingWriter]:
+    """A Parquet file written table by table (streamed to the store; S3 uploads in parts); ``.rows`` counts them."""
+    fs, path = filesystem(uri)
+    if not is_s3(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
+        yield _CountingWriter(writer)
+
+
 def list_parquet(prefix_uri: str) -> list[str]:
     """Sorted URIs of the ``*.parquet`` files directly under a prefix."""
     fs, path = filesystem(prefix_uri)
@@ -127,18 +151,6 @@ def remove_if_empty(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def copy_file(src_uri: str, dst_uri: str) -> None:
-    """One file, copied by the store itself when both ends are in it (see ``copy_tree``)."""
-    if is_s3(src_uri) != is_s3(dst_uri):
-        write_bytes(dst_uri, read_bytes(src_uri))
-        return
-    fs, src = filesystem(src_uri)
-    _, dst = filesystem(dst_uri)
-    if not is_s3(dst_uri):
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-    fs.copy(src, dst)
-
-
 def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
     """Copy every file under ``src_uri`` to the same relative place under ``dst_uri``; returns the relative paths.
 
@@ -157,8 +169,11 @@ def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
             src_fs.copy(f, target)
         return rels
     for f, rel in zip(files, rels):
-        with src_fs.open(f, "rb") as fh:
-            write_bytes(join(dst_uri, *rel.split("/")), fh.read())
+        target = join(dst_uri, *rel.split("/"))
+        if not is_s3(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        with src_fs.open(f, "rb") as fh, dst_fs.open(filesystem(target)[1], "wb") as out:
+            shutil.copyfileobj(fh, out, _COPY_CHUNK)  # streamed: a part never sits whole in memory
     return rels
 
 

@@ -9,6 +9,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,8 +102,9 @@ def test_each_format_gives_the_same_items(tmp_path: Path, fmt: str) -> None:
     assert dict(zip(items["item_id"], items["text"])) == EXPECTED_TEXT
     assert items["text_hash"].to_list() == [short_sha(t) for t in items["text"]]
     assert m.text_columns == ["title", "brand", "categories"]
-    assert (m.items, m.quarantine) == (str(tmp_path / "work" / "ingest" / "items.parquet"), str(tmp_path / "work" / "ingest" / "quarantine.parquet"))
-    assert pq.read_schema(m.items).field("item_id").type == pa.string()
+    assert (m.items, m.quarantine) == (str(tmp_path / "work" / "ingest" / "items"), str(tmp_path / "work" / "ingest" / "quarantine"))
+    assert m.partitions == 1 and storage.list_parquet(m.items) == [str(tmp_path / "work" / "ingest" / "items" / "part-00000.parquet")]
+    assert pq.read_schema(storage.list_parquet(m.items)[0]).field("item_id").type == pa.string()
 
 
 def test_tsv_is_quote_aware_with_recbole_headers(tmp_path: Path) -> None:
@@ -320,7 +322,7 @@ def test_resume_returns_the_manifest_without_rewriting(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "c.csv", BAD_ROWS)
     first = run(src, tmp_path / "w")
     assert first.resumed is False
-    items_path = Path(first.items)
+    items_path = Path(first.items) / "part-00000.parquet"
     os.utime(items_path, (1_000_000, 1_000_000))
     second = run(src, tmp_path / "w")
     assert second.resumed is True
@@ -342,7 +344,7 @@ def test_s3_catalog_and_s3_outputs(moto_s3: str, tmp_path: Path) -> None:  # noq
     local = write_csv(tmp_path / "c.csv", BAD_ROWS)
     storage.write_bytes("s3://test-bucket/catalogs/c.csv", local.read_bytes())
     m = run("s3://test-bucket/catalogs/c.csv", "s3://test-bucket/work/run1")
-    assert m.items == "s3://test-bucket/work/run1/ingest/items.parquet"
+    assert m.items == "s3://test-bucket/work/run1/ingest/items"
     assert (m.input, m.valid, m.quarantined) == (8, 3, 5)
     items = pl.from_arrow(storage.read_parquet(m.items))
     assert items["item_id"].to_list() == ["A", "C", "D"]
@@ -421,3 +423,62 @@ def test_a_large_catalog_is_parsed_in_a_child_process_with_the_same_result(tmp_p
     bad.write_text("item_id,title\n1,ok\n2,\"unclosed\n")
     with pytest.raises(IngestError, match="bad.csv"):
         run(bad, tmp_path / "w3", child_process_min_bytes=0)
+
+
+def _messy_rows(n: int, seed: int) -> list[dict]:
+    """n records with every quarantine reason: duplicate ids (same and other text), blank ids, empty text."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kind = rng.random()
+        item = f"it{rng.randrange(n * 3 // 4):05d}"  # ~1 id in 4 repeats
+        if kind < 0.03:
+            item = rng.choice(["", "  "])
+        title = "" if kind > 0.97 else f"product {rng.randrange(n // 2)} {rng.choice(['red', 'blue', 'Crème &amp; co'])}"
+        rows.append({"item_id": item, "title": title, "brand": rng.choice(["", "Acme", "Zeta"])})
+    return rows
+
+
+def test_partitioned_ingest_equals_one_partition(tmp_path: Path, monkeypatch) -> None:
+    """ingest.partition_bytes splits the catalog by a hash of item_id: each partition is validated and
+    de-duplicated on its own (at most its own records in memory) and the outputs equal one partition's."""
+    import zlib
+
+    import tasks.ingest as ingest_mod
+
+    src = write_csv(tmp_path / "c.csv", _messy_rows(3000, seed=3))
+    whole = run(src, tmp_path / "w1")
+    assert whole.partitions == 1 and whole.quarantine_reasons["duplicate_id"] > 100 and whole.quarantine_reasons["empty_id"] > 0
+
+    largest = []
+    read = ingest_mod._Spill.read
+    monkeypatch.setattr(ingest_mod._Spill, "read", lambda self, p: largest.append(read(self, p).height) or read(self, p))
+    split = run(src, tmp_path / "w2", partition_bytes=src.stat().st_size // 7)
+    assert split.partitions == 8 and len(largest) == 8 and max(largest) < whole.input / 4
+
+    assert split.model_dump(exclude={"items", "quarantine", "seconds", "input_hash", "partitions"}) == whole.model_dump(
+        exclude={"items", "quarantine", "seconds", "input_hash", "partitions"})
+    assert quarantine_of(split).equals(quarantine_of(whole))  # same rows, input order
+    parts = storage.list_parquet(split.items)
+    assert [Path(p).name for p in parts] == [f"part-{p:05d}.parquet" for p in range(8)]
+    for p, part in enumerate(pl.read_parquet(f) for f in parts):
+        assert part["item_id"].is_sorted() and all(zlib.crc32(i.encode()) % 8 == p for i in part["item_id"])
+    assert items_of(split).sort("item_id").equals(items_of(whole))
+
+
+def test_partitioned_embedding_column(tmp_path: Path) -> None:
+    """The catalog's dimension is the most common length over every partition; vectors stay with their items."""
+    rng = np.random.default_rng(0)
+    ids = [f"v{i:04d}" for i in range(600)] + ["v0001", "v0002"]
+    vecs = [rng.normal(size=4).tolist() for _ in ids]
+    for i in range(0, 600, 50):
+        vecs[i] = vecs[i][:3]  # wrong length
+    src = tmp_path / "c.parquet"
+    pl.DataFrame({"item_id": ids, "title": [f"t{i}" for i in range(len(ids))], "vec": vecs}).write_parquet(src)
+    whole = run(src, tmp_path / "w1", embedding_column="vec")
+    split = run(src, tmp_path / "w2", embedding_column="vec", partition_bytes=src.stat().st_size // 5)
+    assert split.partitions > 1 and split.dim == whole.dim == 4
+    assert split.quarantine_reasons == whole.quarantine_reasons == {"empty_id": 0, "empty_text": 0, "duplicate_id": 2, "bad_embedding": 12}
+    a, b = (pl.from_arrow(pq.read_table(m.vectors)).sort("item_id") for m in (whole, split))
+    assert a.equals(b) and a.height == 588
+    assert quarantine_of(split).equals(quarantine_of(whole))
