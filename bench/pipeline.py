@@ -31,11 +31,19 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon_beauty" / "Amazon_Beauty.item"
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class TreeRSS:
     """Peak resident memory of this process and all its descendants (Ray's raylet/workers included)."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.peak = 0
+        self.process_peaks: dict[int, tuple[int, str]] = {}  # pid -> (largest RSS seen, command line)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
 
@@ -59,7 +67,13 @@ class TreeRSS:
                 p = parents.get(p, 0)
             if p == root:
                 total += rss[pid]
+                if rss[pid] > self.process_peaks.get(pid, (0, ""))[0]:
+                    self.process_peaks[pid] = (rss[pid], self.process_peaks.get(pid, (0, _cmdline(pid)))[1])
         return total
+
+    def peak_of(self, marker: str) -> int:
+        """The largest RSS seen of a process whose command line contains ``marker`` (0 if none)."""
+        return max((peak for peak, cmd in self.process_peaks.values() if marker in cmd), default=0)
 
     def _loop(self, interval: float) -> None:
         while not self._stop.is_set():

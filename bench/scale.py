@@ -8,7 +8,8 @@ peak, from /proc/self/status VmHWM) through ``retokenize`` (Prefect ephemeral AP
 Catalog: Parquet with item_id, title and a fixed-size-list vector column drawn
 around 1,000 cluster centres (clustered, as real embeddings are). Reported per
 size: wall time per stage (the manifest's timings), flow wall time, driver peak
-RSS, process-tree peak RSS (Ray workers included, sampled from /proc); then the
+RSS, process-tree peak RSS (Ray workers included, sampled from /proc), the ingest child
+process's peak RSS (sampled; 0 when the catalog is small enough to be parsed in the driver); then the
 ratios the scale-out targets are stated in (driver RSS and wall time, largest
 size over the one before it). Driver peak RSS is the flow process's VmHWM.
 
@@ -86,6 +87,7 @@ def run_one(catalog: str, out: str, sets: list[str]) -> dict:
         "counts": manifest["counts"],
         "driver_peak_rss": _own_peak_rss(),
         "tree_peak_rss": mem.peak,
+        "ingest_child_peak_rss": mem.peak_of("spawn_main"),  # ingest's child process (large catalogs)
     }
 
 
@@ -116,7 +118,7 @@ def main() -> None:
         rows.append((n, r))
         t = r["timings"]
         print(f"{n:>10,} items, {args.dim}-d: flow {r['wall_s']:.0f} s | " + " ".join(f"{k} {v:.0f}" for k, v in t.items())
-              + f" | driver peak RSS {r['driver_peak_rss'] / 2**20:.0f} MiB | tree peak RSS {r['tree_peak_rss'] / 2**20:.0f} MiB | counts {r['counts']}", flush=True)
+              + f" | driver peak RSS {r['driver_peak_rss'] / 2**20:.0f} MiB | tree peak RSS {r['tree_peak_rss'] / 2**20:.0f} MiB | ingest child peak RSS {r['ingest_child_peak_rss'] / 2**20:.0f} MiB | counts {r['counts']}", flush=True)
     for (n0, a), (n1, b) in zip(rows, rows[1:]):
         print(f"ratio {n1:,}/{n0:,}: driver peak RSS {b['driver_peak_rss'] / a['driver_peak_rss']:.2f}x, wall {b['wall_s'] / a['wall_s']:.2f}x")
 
