@@ -718,7 +718,8 @@ class _Spill:
             if self.schema is None:
                 self.schema = table.schema
             if p not in self.writers:
-                self.writers[p] = pq.ParquetWriter(self.path(p), self.schema)
+                # scratch read back once: no compression or dictionary encoding to pay for
+                self.writers[p] = pq.ParquetWriter(self.path(p), self.schema, compression="none", use_dictionary=False)
             self.writers[p].write_table(table.cast(self.schema))
 
     def close(self) -> None:
