@@ -163,6 +163,30 @@ def test_vectors_match_plain_encode(first_run):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_batches_are_cut_by_token_count(tmp_path):
+    """TextEmbedder batches texts of similar token counts together (less padding than sentence-transformers'
+    character-count sort) and returns the vectors in input order, equal to encoding each text alone."""
+    import torch
+
+    from tasks.embed import TextEmbedder
+
+    torch.set_num_threads(1)
+    embedder = TextEmbedder(model_path=resolve_model_path("all-MiniLM-L6-v2"), device="cpu", fp16=False, batch_size=3, threads=1,
+                            out_dir=str(tmp_path), n_buckets=1)
+    # character count and token count disagree: long words are many tokens, short words one each
+    texts = ["a b c d e f g h", "pneumonoultramicroscopic", "x", "the cat sat on the mat", "antidisestablishmentarianism x", "go"]
+    calls = []
+    encode = embedder.model.encode
+    embedder.model.encode = lambda batch, **kw: calls.append(list(batch)) or encode(batch, **kw)
+    got = embedder.encode(texts)
+    n_tokens = {t: len(embedder.model.tokenizer(t)["input_ids"]) for t in texts}
+    assert [len(c) for c in calls] == [3, 3]
+    assert max(n_tokens[t] for t in calls[0]) <= min(n_tokens[t] for t in calls[1])
+    alone = np.stack([encode([t], normalize_embeddings=True, convert_to_numpy=True)[0] for t in texts])
+    np.testing.assert_allclose(got, alone, atol=1e-5)
+    assert embedder.encode([]).shape == (0, 384)
+
+
 def test_resume_same_inputs(first_run, base_dir, items_uri):
     again = embed(items_uri=items_uri, work_uri=str(base_dir / "run1"), cache_uri=str(base_dir / "cache"), config=CPU)
     assert again.resumed is True
