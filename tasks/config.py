@@ -37,7 +37,7 @@ class IngestConfig(_Strict):
     grow with the catalog; smaller ones in the driver (no process start-up). 0: always a child process."""
     partition_bytes: int = Field(256 * 2**20, ge=1)
     """Catalog bytes per ingest partition (at most 256 partitions). A large catalog's records are spilled to
-    local disk by a hash of their item_id; each partition is then validated and de-duplicated in memory on its
+    local disk (``TMPDIR``) by a hash of their item_id; each partition is then validated and de-duplicated in memory on its
     own and writes its own items part, so memory is bounded by a partition, not by the catalog."""
 
 
