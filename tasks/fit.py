@@ -27,11 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import ray.data
-import ray.train
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, fit, load_checkpoint, save_checkpoint
 from rqvae_core.train import EpochMetrics
@@ -99,7 +95,10 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     core = RQVAEConfig.from_dict(loop_config["model"])
     train = TrainConfig(**loop_config["train"])
     model = RQVAE(config=core)
-    if in_train:
+    if in_train:  # Ray Train is imported only where it runs: a one-task fit's worker skips its ~1 s import
+        import ray.train
+        import ray.train.torch
+
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report/checkpoint
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -144,12 +143,14 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                 storage.write_bytes(storage.join(loop_config["model_uri"], name), Path(d, name).read_bytes())
             storage.write_json(loop_config["history_uri"], history)
             if in_train:
-                ray.train.report({"epoch": history[-1]["epoch"], "final": True}, checkpoint=Checkpoint.from_directory(d))
+                ray.train.report({"epoch": history[-1]["epoch"], "final": True}, checkpoint=ray.train.Checkpoint.from_directory(d))
     elif in_train:
         ray.train.report({"epoch": history[-1]["epoch"], "final": True})
 
 
-def read_vectors(embeddings_uri: str) -> ray.data.Dataset:
+def read_vectors(embeddings_uri: str) -> "ray.data.Dataset":
+    import ray.data
+
     files = storage.list_parquet(embeddings_uri)
     if not files:
         raise FileNotFoundError(f"no embeddings under {embeddings_uri}")
@@ -212,6 +213,9 @@ def _fit(*, embeddings_uri: str, n_items: int, core: RQVAEConfig, work_uri: str,
         run = ray.remote(_train_loop).options(num_cpus=threads, num_gpus=1 if use_gpu else 0, max_retries=0)
         ray.get(run.remote({**loop_config, "in_train": False, "threads": threads}))
     else:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
         cpus = ray.cluster_resources().get("CPU", 1)
         cpu_per_worker = max(0.25, min(1.0, cpus / workers))
         fs, path = storage.arrow_filesystem(storage.join(out_dir, "_train"))

@@ -45,7 +45,7 @@ def test_stage_done_counts_epochs_for_fit_and_items_otherwise():
         progress.stage_done(ingest)
     fit_line, ingest_line = err.getvalue().splitlines()
     assert fit_line.split()[:4] == ["fit", "30", "epochs", "8.0s"]
-    assert ingest_line.split()[:4] == ["ingest", "10", "items", "0.0s"] and "resumed (input 10, valid 9, quarantined 1)" in ingest_line
+    assert ingest_line.split()[:4] == ["ingest", "10", "items", "0.0s"] and "resumed (input 10, valid 9, quarantined 1, partitions 1)" in ingest_line
 
 
 def test_quiet_view_prints_nothing_and_reporting_without_a_view_is_silent(capsys):
