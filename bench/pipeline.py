@@ -67,8 +67,9 @@ class TreeRSS:
                 p = parents.get(p, 0)
             if p == root:
                 total += rss[pid]
-                if rss[pid] > self.process_peaks.get(pid, (0, ""))[0]:
-                    self.process_peaks[pid] = (rss[pid], self.process_peaks.get(pid, (0, _cmdline(pid)))[1])
+                peak, cmd = self.process_peaks.get(pid) or (0, _cmdline(pid))  # the command line is read once per process
+                if rss[pid] > peak:
+                    self.process_peaks[pid] = (rss[pid], cmd)
         return total
 
     def peak_of(self, marker: str) -> int:

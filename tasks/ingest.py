@@ -600,7 +600,7 @@ def _run(
     out_dir = stage_dir(work_uri, STAGE)
     paths = {name: storage.join(out_dir, name) for name in ("items", "quarantine", "vectors")}
     with tempfile.TemporaryDirectory(prefix="semid-ingest-") as tmp:
-        spill = _Spill(tmp, n_parts)
+        spill = _Spill(tmp)
         for batch in core.collect_batches(chunk_size=_SPILL_ROWS, engine="streaming"):
             spill.add(batch)
         spill.close()
@@ -698,8 +698,8 @@ def _partition_series(ids: pl.Series, n_parts: int) -> pl.Series:
 class _Spill:
     """Pass 1's records on local disk, one Parquet file per partition, written batch by batch (bounded memory)."""
 
-    def __init__(self, root: str, n_parts: int) -> None:
-        self.root, self.n_parts = root, n_parts
+    def __init__(self, root: str) -> None:
+        self.root = root
         self.writers: dict[int, pq.ParquetWriter] = {}
         self.schema: pa.Schema | None = None
         self.rows = 0
@@ -727,9 +727,10 @@ class _Spill:
             w.close()
 
     def read(self, p: int) -> pl.DataFrame:
+        """Partition ``p``'s records; called after ``close`` and only when some record was spilled (so the schema is known)."""
         if p in self.writers:
             return pl.read_parquet(self.path(p))
-        return pl.from_arrow(self.schema.empty_table()) if self.schema is not None else pl.DataFrame()
+        return pl.from_arrow(self.schema.empty_table())
 
 
 def _remove_outputs(out_dir: str, paths: dict[str, str]) -> None:

@@ -66,11 +66,16 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+def _for_writing(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``filesystem(uri)`` with the parent folders made on local disk (S3 has no folders to make)."""
     fs, path = filesystem(uri)
-    parent = posixpath.dirname(path)
     if not is_s3(uri):
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return fs, path
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = _for_writing(uri)
     with fs.open(path, "wb") as f:
         f.write(data)
 
@@ -91,9 +96,7 @@ def read_json(uri: str) -> Any:
 
 def write_parquet(table: pa.Table, uri: str) -> None:
     """Write one Parquet file at ``uri`` (parent folders created locally)."""
-    fs, path = filesystem(uri)
-    if not is_s3(uri):
-        os.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs, path = _for_writing(uri)
     pq.write_table(table, path, filesystem=fs, compression="zstd")
 
 
@@ -109,9 +112,7 @@ class _CountingWriter:
 @contextlib.contextmanager
 def parquet_writer(uri: str, schema: pa.Schema) -> Iterator[_CountingWriter]:
     """A Parquet file written table by table (streamed to the store; S3 uploads in parts); ``.rows`` counts them."""
-    fs, path = filesystem(uri)
-    if not is_s3(uri):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fs, path = _for_writing(uri)
     with fs.open(path, "wb") as f, pq.ParquetWriter(f, schema, compression="zstd") as writer:
         yield _CountingWriter(writer)
 
@@ -158,22 +159,16 @@ def copy_tree(src_uri: str, dst_uri: str) -> list[str]:
     so no byte passes through this process. Across stores (local <-> S3) it streams.
     """
     src_fs, src = filesystem(src_uri)
-    dst_fs, dst = filesystem(dst_uri)
     files = sorted(src_fs.find(src))
     rels = [posixpath.relpath(f, src) for f in files]
-    if is_s3(src_uri) == is_s3(dst_uri):
-        for f, rel in zip(files, rels):
-            target = posixpath.join(dst, rel) if is_s3(dst_uri) else os.path.join(dst, *rel.split("/"))
-            if not is_s3(dst_uri):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-            src_fs.copy(f, target)
-        return rels
+    same_store = is_s3(src_uri) == is_s3(dst_uri)
     for f, rel in zip(files, rels):
-        target = join(dst_uri, *rel.split("/"))
-        if not is_s3(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-        with src_fs.open(f, "rb") as fh, dst_fs.open(filesystem(target)[1], "wb") as out:
-            shutil.copyfileobj(fh, out, _COPY_CHUNK)  # streamed: a part never sits whole in memory
+        dst_fs, target = _for_writing(join(dst_uri, *rel.split("/")))
+        if same_store:
+            src_fs.copy(f, target)
+        else:
+            with src_fs.open(f, "rb") as fh, dst_fs.open(target, "wb") as out:
+                shutil.copyfileobj(fh, out, _COPY_CHUNK)  # streamed: a part never sits whole in memory
     return rels
 
 
