@@ -80,27 +80,38 @@ class ResidualKMeansResult(NamedTuple):
 
 @torch.no_grad()
 def residual_kmeans(
-    x: torch.Tensor, *, n_levels: int, k: int, iters: int = 20, seed: int = 0, fit_rows: int | None = None
+    x: torch.Tensor,
+    *,
+    n_levels: int,
+    k: int,
+    iters: int = 20,
+    seed: int = 0,
+    fit_rows: int | None = None,
+    first_centers: torch.Tensor | None = None,
 ) -> ResidualKMeansResult:
     """Residual k-means: level i clusters what levels < i left unexplained.
 
     The baseline every learned semantic ID must beat (and, in this project, a
     quantizer in its own right): no encoder, k-means++ then Lloyd per level on the
     residuals. ``fit_rows`` caps the rows each level is fitted on (a deterministic
-    sample); every row is then assigned to the nearest centre.
+    sample); every row is then assigned to the nearest centre. ``first_centers`` (k, d), when
+    given, are level 1's centres as they are (e.g. :func:`rqvae_core.graph.spectral_centers`).
     """
     x = x.detach().float()
     generator = torch.Generator().manual_seed(seed)
     residual = x.clone()
     codes, books = [], []
     last_residual = residual
-    for _ in range(n_levels):
+    for level in range(n_levels):
         last_residual = residual.clone()
-        sample = residual
-        if fit_rows is not None and residual.shape[0] > fit_rows:
-            idx = torch.randperm(residual.shape[0], generator=generator)[:fit_rows].to(x.device)
-            sample = residual[idx]
-        centers = kmeans(sample, k=k, iters=iters, generator=generator).centers
+        if level == 0 and first_centers is not None:
+            centers = first_centers.detach().float().to(x.device)
+        else:
+            sample = residual
+            if fit_rows is not None and residual.shape[0] > fit_rows:
+                idx = torch.randperm(residual.shape[0], generator=generator)[:fit_rows].to(x.device)
+                sample = residual[idx]
+            centers = kmeans(sample, k=k, iters=iters, generator=generator).centers
         level_codes = torch.cat([squared_distances(chunk, centers).argmin(-1) for chunk in residual.split(65_536)])
         residual = residual - centers[level_codes]
         codes.append(level_codes)

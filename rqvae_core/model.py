@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rqvae_core.config import RQVAEConfig
+from rqvae_core.graph import spectral_centers
 from rqvae_core.quantize import ResidualQuantizer
 
 
@@ -98,8 +99,9 @@ class RQVAE(nn.Module):
         """Set every level's codebook to residual k-means of the latents of ``x`` (the fit set, or a sample).
 
         Better than k-means of the first batch (256 points for 256 codes): each codeword starts at a
-        real cluster of the whole set, so no code starts dead and none needs re-seeding. With the
-        skip encoder at initialisation this *is* residual k-means on the embeddings.
+        real cluster of the whole set, so no code starts dead and none needs re-seeding. With
+        ``spectral_init`` level 1 starts at the means of a spectral clustering of the latents' k-NN
+        graph instead (:mod:`rqvae_core.graph`), and levels 2.. at residual k-means of what it leaves.
         """
         was_training = self.training
         self.eval()
@@ -107,7 +109,14 @@ class RQVAE(nn.Module):
             z = torch.cat([self.encode(chunk)[0] for chunk in x.split(65_536)])
         finally:
             self.train(was_training)
-        self.quantizer.init_from_data(z, iters=self.config.kmeans_iters, seed=self.config.seed)
+        c = self.config
+        first = None
+        if c.spectral_init:
+            first = spectral_centers(
+                z, k=c.codebook_size, neighbors=c.spectral_neighbors, dims=c.spectral_dims,
+                iters=c.kmeans_iters, seed=c.seed, max_rows=c.spectral_rows,
+            )
+        self.quantizer.init_from_data(z, iters=c.kmeans_iters, seed=c.seed, first_centers=first)
 
     def forward(self, x: torch.Tensor) -> RQVAEOutput:
         c = self.config

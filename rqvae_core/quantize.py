@@ -234,13 +234,19 @@ class ResidualQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def init_from_data(self, z: torch.Tensor, *, iters: int, seed: int, fit_rows: int = 131_072) -> None:
+    def init_from_data(
+        self, z: torch.Tensor, *, iters: int, seed: int, fit_rows: int = 131_072, first_centers: torch.Tensor | None = None
+    ) -> None:
         """Codebooks = residual k-means of ``z`` (level i clusters what levels < i left); identical on every DDP rank.
 
         Each level is fitted on at most ``fit_rows`` rows (a seeded sample): the centres of 256 clusters
-        are settled long before that, and the (rows × K) distance matrix stays small.
+        are settled long before that, and the (rows × K) distance matrix stays small. ``first_centers``
+        replace level 1's k-means (the spectral initialisation); later levels cluster what they leave.
         """
-        result = residual_kmeans(z, n_levels=len(self.levels), k=self.levels[0].codebook_size, iters=iters, seed=seed, fit_rows=fit_rows)
+        result = residual_kmeans(
+            z, n_levels=len(self.levels), k=self.levels[0].codebook_size, iters=iters, seed=seed, fit_rows=fit_rows,
+            first_centers=first_centers,
+        )
         for level, centers in zip(self.levels, result.codebooks):
             level.set_codebook(centers.to(z.dtype))
 

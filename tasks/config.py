@@ -89,6 +89,11 @@ class ModelConfig(_Strict):
     simvq: bool = _MODEL.simvq
     kmeans_init: bool = _MODEL.kmeans_init
     kmeans_iters: int = Field(_MODEL.kmeans_iters, ge=0)
+    spectral_init: bool = _MODEL.spectral_init
+    """Level 1 starts at the clusters of the fit set's k-NN graph (spectral clustering), not at k-means."""
+    spectral_neighbors: int = Field(_MODEL.spectral_neighbors, ge=1)
+    spectral_dims: int = Field(_MODEL.spectral_dims, ge=1)
+    spectral_rows: int = Field(_MODEL.spectral_rows, ge=2)
     dead_code_window: int = Field(_MODEL.dead_code_window, ge=0)
     vae: bool = _MODEL.vae
     vae_beta: float = Field(_MODEL.vae_beta, ge=0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rqvae_core import RQVAE, RQVAEConfig, TrainConfig, encode_array, fit
+from rqvae_core.graph import spectral_centers
 from rqvae_core.kmeans import residual_kmeans
 from rqvae_core.train import lr_at
 from tests.core.conftest import clustered, epochs_of
@@ -40,14 +41,21 @@ def test_kmeans_init_and_dead_code_restart_prevent_collapse():
     assert min(usage["toolbox"]) - max(usage["plain_ste"]) >= 0.5, usage
 
 
-def test_the_default_model_starts_as_residual_kmeans_of_the_whole_set():
-    """Skip encoder + data-initialised codebooks: before any step, the IDs are residual k-means's and x̂ = Σ codewords."""
+@pytest.mark.parametrize("spectral", [True, False])
+def test_an_untrained_model_is_residual_kmeans_of_the_whole_set(spectral):
+    """Skip encoder + data-initialised codebooks: before any step the IDs are residual k-means's (level 1 from the
+    k-NN graph's spectral clusters by default, else from k-means) and x̂ = Σ codewords."""
     x = clustered(n=3000, k=300)
-    cfg = RQVAEConfig(input_dim=64, codebook_size=32)
+    cfg = RQVAEConfig(input_dim=64, codebook_size=32, spectral_init=spectral)
     model = RQVAE(config=cfg)
     model.init_codebooks(x)
     enc = encode_array(model, x)
-    reference = residual_kmeans(x, n_levels=cfg.n_levels, k=cfg.codebook_size, iters=cfg.kmeans_iters, seed=cfg.seed)
+    first = None
+    if spectral:
+        first = spectral_centers(x, k=32, neighbors=cfg.spectral_neighbors, dims=cfg.spectral_dims,
+                                 iters=cfg.kmeans_iters, seed=cfg.seed, max_rows=cfg.spectral_rows)
+        assert first is not None
+    reference = residual_kmeans(x, n_levels=cfg.n_levels, k=cfg.codebook_size, iters=cfg.kmeans_iters, seed=cfg.seed, first_centers=first)
     assert torch.equal(enc.codes, reference.codes)
     assert torch.allclose(enc.recon, enc.quantized) and torch.allclose(enc.distance, reference.distance, atol=1e-4)
 
@@ -57,12 +65,13 @@ def test_data_initialised_codebooks_stay_in_use_without_restarts():
     x = clustered(n=6000, k=1500)
     cfg = RQVAEConfig(**SMALL, codebook_size=64)
     model = RQVAE(config=cfg)
-    start = residual_kmeans(x, n_levels=cfg.n_levels, k=cfg.codebook_size, iters=cfg.kmeans_iters, seed=cfg.seed).codes
+    model.init_codebooks(x)
+    start = encode_array(model, x).codes  # fit initialises again from the same data: the same codebooks
     history = fit(model=model, train=train(4), epoch_batches=epochs_of(x), steps_per_epoch=12, init_data=x).history
     after, end = _active_share(model, x), encode_array(model, x).codes
     assert all(not h.nonfinite for h in history)
     assert min(after) >= 0.9, after
-    # fine-tuning starts from residual k-means's neighbourhoods and stays near them
+    # fine-tuning starts from the data-initialised codes and stays near them
     assert (start[:, 0] == end[:, 0]).float().mean() >= 0.8
 
 
