@@ -437,13 +437,18 @@ def compare_with_residual_kmeans(
     run = side(ours, float(np.asarray(recon_sq_err, dtype=np.float64).sum() / max(1, n * dim)))
     baseline = side(theirs, float((rk.distance.double() ** 2).sum().item() / max(1, n * dim)))
     behind = [d + 1 for d, (a, b) in enumerate(zip(run["prefix_coherence"], baseline["prefix_coherence"])) if a < b]
+    # coherence rises trivially as prefixes merge, so fewer distinct prefixes is a shortfall of its own
+    fewer = [d + 1 for d, (a, b) in enumerate(zip(run["distinct_prefixes"], baseline["distinct_prefixes"])) if a < b]
+    problems = []
+    if behind:
+        problems.append(f"are less coherent than residual k-means on the same embeddings at depth(s) {behind}")
+    if fewer:
+        problems.append(f"use fewer distinct prefixes than residual k-means at depth(s) {fewer}")
     return {
         "n_items": int(n),
         "run": run,
         "residual_kmeans": baseline,
         "less_coherent_at_depths": behind,
-        "warning": (
-            f"the learned IDs are less coherent than residual k-means on the same embeddings at depth(s) {behind}"
-            if behind else None
-        ),
+        "fewer_prefixes_at_depths": fewer,
+        "warning": ("the learned IDs " + " and ".join(problems)) if problems else None,
     }

@@ -216,3 +216,10 @@ def test_comparison_with_residual_kmeans_flags_codes_that_ignore_neighbourhoods(
     own = residual_kmeans(torch.from_numpy(x), n_levels=2, k=16, iters=10, seed=0).codes.numpy()
     good = compare_with_residual_kmeans(vectors=x, codes=own, recon_sq_err=sq_err, codebook_size=16, n_queries=400)
     assert good["warning"] is None and good["run"]["prefix_coherence"] == good["residual_kmeans"]["prefix_coherence"]
+    assert good["fewer_prefixes_at_depths"] == []
+    # merging level-1 codes pairwise makes the IDs look more coherent; the report names the lost prefixes
+    merged = own.copy()
+    merged[:, 0] //= 2
+    flagged = compare_with_residual_kmeans(vectors=x, codes=merged, recon_sq_err=sq_err, codebook_size=16, n_queries=400)
+    assert flagged["fewer_prefixes_at_depths"][0] == 1 and "fewer distinct prefixes" in flagged["warning"]
+    assert flagged["run"]["distinct_prefixes"][0] == 8
