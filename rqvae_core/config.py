@@ -25,8 +25,8 @@ class RQVAEConfig:
     skip: bool = True
     """Identity-skip encoder and decoder: z = x + MLP(x), x̂ = q + MLP(q), the MLPs' last layers
     zero-initialised. An untrained model is then exactly residual k-means on the embeddings (with
-    :meth:`RQVAE.init_codebooks`), the baseline every ID must beat, and training fine-tunes from
-    there instead of from a random projection. A plain MLP bottleneck (``skip=false``) squeezes the
+    :meth:`RQVAE.init_codebooks`; level 1 from the k-NN graph's spectral clusters with ``spectral_init``),
+    and training fine-tunes from there instead of from a random projection. A plain MLP bottleneck (``skip=false``) squeezes the
     embedding into ``embed_dim`` and, measured on Beauty, loses neighbourhoods residual k-means keeps."""
     embed_dim: int | None = None
     """Latent size of the plain MLP encoder (``skip=false`` only; the skip encoder's latent is the input's size)."""
@@ -48,7 +48,8 @@ class RQVAEConfig:
     """SimVQ: a frozen random codebook times a learned linear map, so all codes move together."""
     kmeans_init: bool = True
     """Start the codebooks at k-means of the data: residual k-means of the whole fit set's latents when the
-    caller passes it (:meth:`RQVAE.init_codebooks`, as the pipeline does), else k-means of the first batch."""
+    caller passes it (:meth:`RQVAE.init_codebooks`, as the pipeline does; level 1 per ``spectral_init``), else
+    k-means of the first batch."""
     kmeans_iters: int = 20
     spectral_init: bool = True
     """Level 1 starts at the means of a spectral clustering of the fit set's cosine k-NN graph, so the first

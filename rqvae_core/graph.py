@@ -67,7 +67,7 @@ def spectral_embedding(adjacency: torch.Tensor, *, dims: int, seed: int = 0) -> 
         start = torch.randn(n, want, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         values, vectors = torch.lobpcg(adjacency, k=want, X=start, largest=True, niter=200, tol=1e-4)
         vectors = vectors[:, values.argsort(descending=True)]
-    u = vectors[:, 1:] if want > 1 else vectors  # the first is √degree: no information
+    u = vectors[:, 1:] if want > 1 else vectors  # the first is ∝ √degree on a connected graph: no information
     return F.normalize(u.float(), dim=-1)
 
 
