@@ -9,6 +9,7 @@ from torch import nn
 
 from rqvae_core.config import RQVAEConfig
 from rqvae_core.graph import spectral_centers
+from rqvae_core.kmeans import squared_distances
 from rqvae_core.quantize import ResidualQuantizer
 
 
@@ -116,6 +117,12 @@ class RQVAE(nn.Module):
                 z, k=c.codebook_size, neighbors=c.spectral_neighbors, dims=c.spectral_dims,
                 iters=c.kmeans_iters, seed=c.seed, max_rows=c.spectral_rows,
             )
+        if first is not None:
+            # graph clusters can be far from equal in size, and one level-1 code holds at most K^L IDs (levels
+            # 2..L and the disambiguation code): a cell that fills half of that already falls back to k-means
+            cells = torch.bincount(torch.cat([squared_distances(chunk, first).argmin(-1) for chunk in z.split(65_536)]), minlength=c.codebook_size)
+            if int(cells.max()) > c.codebook_size**c.n_levels // 2:
+                first = None
         self.quantizer.init_from_data(z, iters=c.kmeans_iters, seed=c.seed, first_centers=first)
 
     def forward(self, x: torch.Tensor) -> RQVAEOutput:

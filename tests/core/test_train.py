@@ -60,6 +60,16 @@ def test_an_untrained_model_is_residual_kmeans_of_the_whole_set(spectral):
     assert torch.allclose(enc.recon, enc.quantized) and torch.allclose(enc.distance, reference.distance, atol=1e-4)
 
 
+def test_spectral_init_falls_back_to_kmeans_when_a_cell_could_not_hold_its_ids():
+    """One level-1 code holds at most K^L IDs; a graph cluster filling half of that would overflow the ID space."""
+    x = clustered(n=400, k=20)
+    cfg = RQVAEConfig(input_dim=64, codebook_size=4, n_levels=2)  # at most 16 IDs under a level-1 code
+    model = RQVAE(config=cfg)
+    model.init_codebooks(x)
+    reference = residual_kmeans(x, n_levels=2, k=4, iters=cfg.kmeans_iters, seed=cfg.seed)
+    assert torch.equal(encode_array(model, x).codes, reference.codes)
+
+
 def test_data_initialised_codebooks_stay_in_use_without_restarts():
     """The default (no dead-code restarts): training from residual k-means keeps the codes busy and stays near it."""
     x = clustered(n=6000, k=1500)
