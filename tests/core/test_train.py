@@ -45,7 +45,7 @@ def test_kmeans_init_and_dead_code_restart_prevent_collapse():
 def test_an_untrained_model_is_residual_kmeans_of_the_whole_set(spectral):
     """Skip encoder + data-initialised codebooks: before any step the IDs are residual k-means's (level 1 from the
     k-NN graph's spectral clusters by default, else from k-means) and x̂ = Σ codewords."""
-    x = clustered(n=3000, k=300)
+    x = clustered(n=1200, k=120)
     cfg = RQVAEConfig(input_dim=64, codebook_size=32, spectral_init=spectral)
     model = RQVAE(config=cfg)
     model.init_codebooks(x)
@@ -154,7 +154,7 @@ def test_fit_repeats_bit_for_bit_with_several_threads():
     Indexing the codebook (``codebook[codes]``) has a scatter-add backward whose float sums
     are ordered by thread scheduling; the quantizer's one-hot product is a matrix product.
     """
-    x = clustered(n=2048, k=200)
+    x = clustered(n=512, k=50)
     weights = []
     before = torch.get_num_threads()
     torch.set_num_threads(2)

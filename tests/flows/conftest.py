@@ -17,15 +17,7 @@ TINY = {
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_harness(tmp_path_factory):
-    """Prefect's test harness: a temporary database and ephemeral API for the session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    from prefect.logging.configuration import setup_logging
-
-    with prefect_test_harness(server_startup_timeout=120):
-        # Prefect binds its console handler to the stream of the first flow run; inside a test with capsys that
-        # stream closes when the test ends and every later flow run fails on logging. Bind it to pytest's
-        # session stream now, so the flow tests pass in any order (as tests/reliability/conftest.py does).
-        setup_logging(incremental=False)
-        yield
+def prefect_harness(prefect_test_api):
+    """Prefect's test harness: a temporary database and ephemeral API for the session (tests/conftest.py,
+    shared with tests/reliability)."""
+    yield

@@ -1,7 +1,8 @@
 """A real Prefect server (and workers) on 127.0.0.1 for the integration tests, offline.
 
-``prefect_server`` (one per test session) runs ``prefect server start`` on a
-free localhost port with its own PREFECT_HOME and process group, and creates
+``prefect_server`` (one per test session) is the session's ``prefect server start`` on a
+free localhost port with its own PREFECT_HOME and process group (tests/reliability/helpers.py
+``prefect_api_url``, shared with the reliability runs), and creates
 the ``semid-process`` work pool that deploy/prefect.yaml targets; ``deployed``
 deploys deploy/prefect.yaml on it as shipped (``prefect deploy --all``).
 """
@@ -111,6 +112,11 @@ class PrefectServer:
             time.sleep(0.5)
         raise TimeoutError(f"prefect server not healthy after {timeout}s:\n{_tail(self.log)}")
 
+    def attach(self, api_url: str) -> None:
+        """Use a server that is already running (its owner stops it) instead of starting one."""
+        self.api_url = api_url
+        self.env["PREFECT_API_URL"] = api_url
+
     def stop(self) -> None:
         if self.proc is not None:
             _kill_group(self.proc)
@@ -141,9 +147,13 @@ class PrefectServer:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
+    """The session's one real ``prefect server`` (tests/reliability/helpers.py starts it on first use and stops it at
+    exit; the reliability runs use it too), with this package's own PREFECT_HOME for the CLI and the work pool."""
+    from tests.reliability.helpers import prefect_api_url
+
     server = PrefectServer(tmp_path_factory.mktemp("prefect_home"))
     try:
-        server.start()
+        server.attach(prefect_api_url())
         server.cli("work-pool", "create", POOL, "--type", "process", "--overwrite")
         yield server
     finally:

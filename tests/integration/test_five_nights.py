@@ -143,11 +143,25 @@ class Scenario(NamedTuple):
 @pytest.fixture(scope="module")
 def nights(prefect_server: PrefectServer, deployed, tmp_path_factory) -> Scenario:
     """Nights 1-2, a backfill of two snapshots, night 3 (killed, then retried), nights 4-5; all through deployments."""
+    from tasks import ray_local
+
     tmp_path = tmp_path_factory.mktemp("nights")
     server = prefect_server
     catalogs, out = tmp_path / "catalogs", tmp_path / "out"
     live = catalogs / "beauty" / "latest.parquet"
-    worker = Worker(server, tmp_path / "worker.log", env={"SEMID_CATALOGS": str(catalogs), "SEMID_OUT": str(out)})
+    # One standing Ray cluster for all the nights, as an operator would run beside the worker: each flow run
+    # joins it through RAY_ADDRESS (tasks/ray_runtime.py) instead of starting and stopping a local cluster of
+    # its own, and its warm workers keep the embedder loaded. (A flow run's own local Ray, SIGKILL included,
+    # is covered by tests/reliability.) Started with the product's keeper, so it cannot outlive this process.
+    with pytest.MonkeyPatch.context() as mp:  # the keeper gets the worker's Ray settings (no token auth, no usage stats)
+        for key in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM"):
+            mp.setenv(key, server.env[key])
+        cluster = ray_local.start()
+    try:
+        worker = Worker(server, tmp_path / "worker.log", env={"SEMID_CATALOGS": str(catalogs), "SEMID_OUT": str(out), "RAY_ADDRESS": cluster.address})
+    except BaseException:
+        cluster.stop()
+        raise
     nightly, backfill = deployed["retokenize/nightly-beauty"], deployed["backfill/backfill"]
     cat = Catalog()
     published: list[tuple[str, dict[str, str]]] = []
@@ -192,6 +206,7 @@ def nights(prefect_server: PrefectServer, deployed, tmp_path_factory) -> Scenari
             night(i)
     finally:
         worker.stop()
+        cluster.stop()
     return Scenario(server=server, out=out, published=published, crashed_run=crashed)
 
 

@@ -21,19 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    """Prefect's test harness, for tests that run (part of) the flow."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    from prefect.logging.configuration import setup_logging
-
-    with prefect_test_harness(server_startup_timeout=120):
-        # Prefect binds its console log handler to sys.stderr when logging is first configured,
-        # which is otherwise the first flow run: inside a test, that is capsys's stream, closed
-        # when the test ends, and every later flow run then fails on logging. Configure it now,
-        # against pytest's session-long stream, so tests' capsys sees only the CLI's own output.
-        setup_logging(incremental=False)
-        yield
+def prefect_api(prefect_test_api):
+    """Prefect's test harness, for tests that run (part of) the flow (tests/conftest.py: one per session, shared with tests/flows)."""
+    yield
 
 
 def assert_nothing_written(work: Path) -> None:
