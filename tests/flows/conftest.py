@@ -21,3 +21,13 @@ def prefect_harness(prefect_test_api):
     """Prefect's test harness: a temporary database and ephemeral API for the session (tests/conftest.py,
     shared with tests/reliability)."""
     yield
+
+
+@pytest.fixture(scope="module")
+def one_ray():
+    """One local Ray for a module's runs (each flow run reuses it instead of starting its own); module-scoped, so a
+    module that asks for it pays one Ray start and the others keep starting their own."""
+    from tasks.ray_runtime import ray_session
+
+    with ray_session():
+        yield

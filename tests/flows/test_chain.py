@@ -25,15 +25,6 @@ pytestmark = pytest.mark.slow
 FIELDS = ["item_id", "title", "brand", "categories", "description", "price"]
 
 
-@pytest.fixture(scope="module")
-def one_ray():
-    """One local Ray for the module's runs (each flow run reuses it instead of starting its own)."""
-    from tasks.ray_runtime import ray_session
-
-    with ray_session():
-        yield
-
-
 def write_catalog(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)

@@ -17,15 +17,6 @@ from .conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def one_ray():
-    """One local Ray for the module's run and evaluations (each flow reuses it instead of starting its own), as in test_chain."""
-    from tasks.ray_runtime import ray_session
-
-    with ray_session():
-        yield
-
-
-@pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, one_ray):
     """A published run of 150 synthetic products and user sequences that stay within one category."""
     root = tmp_path_factory.mktemp("evalrun")

@@ -72,15 +72,6 @@ def check_published(prefix: str, *, n_input: int, n_quarantined: int) -> dict:
     return manifest
 
 
-@pytest.fixture(scope="module")
-def one_ray():
-    """One local Ray for the end-to-end test's runs (each flow run reuses it instead of starting its own), as in test_chain."""
-    from tasks.ray_runtime import ray_session
-
-    with ray_session():
-        yield
-
-
 def test_flow_end_to_end_then_stable_rerun(tmp_path, capsys, one_ray):
     rows = generate_rows(n=240, seed=1)
     catalog = tmp_path / "shop.csv"
