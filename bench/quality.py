@@ -3,11 +3,14 @@
     .venv/bin/python bench/quality.py                        # default run + evaluate, seeds 0,1, default steps
     .venv/bin/python bench/quality.py --steps 1500 --seeds 0,1,2
     .venv/bin/python bench/quality.py --run out/bench_quality/Amazon_Beauty/bench   # evaluate an existing run
-    .venv/bin/python bench/quality.py --run out/bench_quality/Amazon_Beauty/collab1 --baselines rkmeans   # a --interactions run
+    .venv/bin/python bench/quality.py --collab --baselines rkmeans   # the run fuses the interactions (semid run --interactions)
     .venv/bin/python bench/quality.py --set fit.epochs=10                           # pipeline overrides
 
 1. ``semid run`` on ``Amazon_Beauty.item`` (title + brand + categories, the
-   ingest default; the RecBole ``:type`` suffixes are stripped by ingest).
+   ingest default; the RecBole ``:type`` suffixes are stripped by ingest);
+   with ``--collab`` also ``--interactions`` (the same file the evaluation uses:
+   the collab stage leaves each user's last 2 items out, so the ID fit never
+   sees a validation or test target).
 2. ``semid evaluate`` of that run with baselines rkmeans,random at one budget
    and the same seeds (Ray Train; TIGER protocol on ``user_sequence.txt``).
 3. Prints R@5/10 and N@5/10 ± s.e., train steps and wall time per ID set, the
@@ -81,6 +84,7 @@ def main() -> int:
     ap.add_argument("--run", help="evaluate this published run instead of running the pipeline")
     ap.add_argument("--catalog", default=str(DATA / "Amazon_Beauty.item"), help="catalog for the pipeline run (default Beauty)")
     ap.add_argument("--interactions", default=str(DATA / "user_sequence.txt"), help="user sequences (default Beauty's user_sequence.txt)")
+    ap.add_argument("--collab", action="store_true", help="run the pipeline with --interactions INTERACTIONS (collaborative IDs, see the README); not with --run")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="pipeline config override (repeatable)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per ID set and seed (default {DEFAULT_STEPS})")
     ap.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
@@ -88,6 +92,8 @@ def main() -> int:
     ap.add_argument("--num-workers", type=int, default=2, help="Ray Train workers; the (ID set, seed) jobs are spread over them (default 2)")
     ap.add_argument("--in-process", action="store_true", help="train without Ray Train (same engine)")
     args = ap.parse_args()
+    if args.run and args.collab:
+        ap.error("--collab builds a run; an existing --run already has (or lacks) its interactions")
 
     import torch
 
@@ -102,7 +108,8 @@ def main() -> int:
     if prefix is None:
         run_id = time.strftime("bench%Y%m%dT%H%M%S", time.gmtime())
         name = Path(args.catalog).name.split(".")[0]
-        retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=load_config(None, args.overrides))
+        retokenize(catalog=args.catalog, out=args.out, name=name, run_id=run_id, config=load_config(None, args.overrides),
+                   interactions=args.interactions if args.collab else None)
         prefix = str(Path(args.out) / name / run_id)
     pipeline_s = time.perf_counter() - t0
     seeds = [int(s) for s in args.seeds.split(",")]

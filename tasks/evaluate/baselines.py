@@ -21,7 +21,7 @@ BASELINES = ("rkmeans", "random")
 
 
 def rkmeans_ids(item_ids: np.ndarray, vectors: np.ndarray, *, n_levels: int, codebook_size: int, seed: int) -> IdSet:
-    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    x = torch.tensor(vectors, dtype=torch.float32)  # a copy: vectors read from Arrow are read-only
     rk = residual_kmeans(x, n_levels=n_levels, k=codebook_size, seed=seed)
     last_book = rk.codebooks[-1]
 

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -34,3 +36,14 @@ def test_rkmeans_first_code_follows_the_clusters():
     assert purity(ids.codes[:, 0]) > 0.95 > 0.5 > purity(rnd.codes[:, 0])
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_ids("nope", np.array(["a"]), x[:1], n_levels=1, codebook_size=2, seed=0)
+
+
+def test_rkmeans_takes_read_only_vectors_as_arrow_hands_them_over():
+    x, _ = _clustered()
+    x = x.astype(np.float32)
+    x.setflags(write=False)  # what pyarrow's to_numpy gives for the embeddings column
+    item_ids = np.array([str(i) for i in range(len(x))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns (and would share memory) on a non-writable array
+        ids = baseline_ids("rkmeans", item_ids, x, n_levels=2, codebook_size=8, seed=0)
+    assert ids_hash(ids) == ids_hash(baseline_ids("rkmeans", item_ids, x.copy(), n_levels=2, codebook_size=8, seed=0))
