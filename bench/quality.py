@@ -89,7 +89,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per ID set and seed (default {DEFAULT_STEPS})")
     ap.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
     ap.add_argument("--baselines", default="rkmeans,random", help="baseline ID sets, comma-separated; rkmeans is required for the ratio (default rkmeans,random)")
-    ap.add_argument("--num-workers", type=int, default=2, help="Ray Train workers; the (ID set, seed) jobs are spread over them (default 2)")
+    ap.add_argument("--num-workers", type=int, help="Ray Train workers; the (ID set, seed) jobs are spread over them (default: one per job, up to the CPUs)")
     ap.add_argument("--in-process", action="store_true", help="train without Ray Train (same engine)")
     args = ap.parse_args()
     if args.run and args.collab:

@@ -154,7 +154,8 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("--beam", type=int, default=20, help="beam width = length of the ranked list (default 20)")
     ev.add_argument("--eval-every", type=int, default=200, help="steps between validation passes for early stopping (default 200)")
     ev.add_argument("--val-users", type=int, default=1000, help="validation users scored during training (a fixed sample; default 1000)")
-    ev.add_argument("--num-workers", type=int, default=1, help="Ray Train workers, one CPU (or GPU) each; the (ID set, seed) jobs are spread over them (default 1)")
+    ev.add_argument("--num-workers", type=int, help="Ray Train workers, one CPU (or GPU) each; the (ID set, seed) jobs are spread over them "
+                                                   "(default: one per job, up to the cluster's CPUs, or GPUs when it has them; with --ddp all of them)")
     ev.add_argument("--ddp", action="store_true", help="with --num-workers > 1: train each job data-parallel on all workers instead of spreading the jobs")
     ev.add_argument("--in-process", action="store_true", help="train in this process instead of through Ray Train (same engine)")
     ev.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: under $SEMID_LOG_DIR or the temp dir)")

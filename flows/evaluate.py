@@ -47,8 +47,9 @@ class EvaluateParams(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     eval_id: str | None = None
     """Folder name under <run>/eval/ (default: UTC timestamp)."""
-    num_workers: int = Field(1, ge=1)
-    """Ray Train workers (one CPU, or one GPU, each)."""
+    num_workers: int | None = Field(None, ge=1)
+    """Ray Train workers (one CPU, or one GPU, each); None: one per (ID set, seed) job, up to the cluster's
+    CPUs, or GPUs when training on them (all of them with ddp)."""
     parallel: Literal["jobs", "ddp"] = "jobs"
     """jobs: the (ID set, seed) jobs are spread over the workers; ddp: each job trains data-parallel on all."""
     use_gpu: bool | None = None
@@ -138,6 +139,9 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         baselines, vectors_info = baselines_task(run, params, work)
         id_sets = [run.ids, *baselines]
         dropped = _dropped(id_sets, sequences)
+        if params.num_workers is None and not params.in_process:
+            workers = stage.default_num_workers(len(id_sets) * len(params.seeds), parallel=params.parallel, use_gpu=params.use_gpu)
+            params = params.model_copy(update={"num_workers": workers})
         results = train_task(id_sets, sequences, params)
     storage.remove(work)
     kinds = {run.ids.name: "run", **{b.name: b.name for b in baselines}}

@@ -145,6 +145,21 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         ray.train.report({"done": len(results)})
 
 
+def default_num_workers(n_jobs: int, *, parallel: str, use_gpu: bool | None) -> int:
+    """Ray Train workers when none are asked for: one per (ID set, seed) job, up to the cluster's devices.
+
+    Devices are GPUs when training uses them (``use_gpu``, or None on a cluster that has one), else CPUs:
+    jobs are independent, so a 2-CPU box trains two at a time instead of one after another. "ddp" takes
+    every device for each job.
+    """
+    import ray
+
+    cluster = ray.cluster_resources()
+    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+    devices = max(1, gpus if (use_gpu or (use_gpu is None and gpus > 0)) else cpus)
+    return devices if parallel == "ddp" else max(1, min(n_jobs, devices))
+
+
 def train_and_score(
     id_sets: list[IdSet], sequences: Sequences, *, config: EvalConfig, seeds: list[int], num_workers: int = 1,
     use_gpu: bool | None = None, parallel: str = "jobs",

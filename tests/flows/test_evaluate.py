@@ -39,10 +39,12 @@ def tiny_run(tmp_path_factory, one_ray):
     return str(root / "out" / "shop" / "r1"), str(inter)
 
 
-def test_cli_evaluates_run_and_baselines_on_two_ray_train_workers(tiny_run, capsys):
+def test_cli_evaluates_run_and_baselines_on_ray_train_workers(tiny_run, capsys):
+    import ray
+
     prefix, inter = tiny_run
     args = ["evaluate", prefix, "--interactions", inter, "--steps", "6", "--seeds", "0", "--eval-id", "e1",
-            "--batch-size", "16", "--eval-every", "3", "--val-users", "20", "--beam", "5", "--num-workers", "2"]
+            "--batch-size", "16", "--eval-every", "3", "--val-users", "20", "--beam", "5"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "rkmeans" in out and "random" in out and "GHOST0" in out and "recall@10 run:shop/r1 / rkmeans" in out
@@ -61,12 +63,27 @@ def test_cli_evaluates_run_and_baselines_on_two_ray_train_workers(tiny_run, caps
     sha = {name: v["sha256"] for name, v in ev["id_sets"].items()}
     assert sha["random"] not in (sha["rkmeans"], sha["run:shop/r1"])
     assert ev["interactions"]["users"] == 80 and len(ev["interactions"]["sha256"]) == 64
-    assert ev["config"]["seeds"] == [0] and ev["config"]["steps"] == 6 and ev["config"]["num_workers"] == 2
+    # no --num-workers: one worker per (ID set, seed) job, up to the cluster's CPUs (two on a 2-CPU box)
+    workers = min(3, int(ray.cluster_resources()["CPU"]))
+    assert ev["config"]["seeds"] == [0] and ev["config"]["steps"] == 6 and ev["config"]["num_workers"] == workers
     assert ev["baseline_vectors"]["embed_counts"]["embedded"] == 0, "the run's embedding cache serves every item"
     page = (folder / "evaluation.html").read_text()
     assert "<svg" in page and "rkmeans" in page and "NDCG@10" in page
     # an eval id is written once
     assert main(args) == 2 and "already holds a finished evaluation" in capsys.readouterr().err
+
+
+def test_default_workers_one_per_job_up_to_the_devices(one_ray):
+    import ray
+
+    from tasks.evaluate.stage import default_num_workers
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert default_num_workers(1, parallel="jobs", use_gpu=None) == 1
+    assert default_num_workers(1000, parallel="jobs", use_gpu=None) == cpus
+    assert default_num_workers(1, parallel="ddp", use_gpu=None) == cpus  # each job on every device
+    if "GPU" not in ray.cluster_resources():  # training on GPUs counts GPUs: none here, so the floor of one
+        assert default_num_workers(6, parallel="jobs", use_gpu=True) == 1
 
 
 def test_bad_interactions_exit_2_before_any_training(tiny_run, tmp_path, capsys):
