@@ -108,13 +108,13 @@ def _dropped(id_sets: list[IdSet], sequences: Sequences) -> dict[str, dict[str, 
 
 
 @task(name="evaluate-train", cache_policy=NO_CACHE)
-def train_task(id_sets: list[IdSet], sequences: Sequences, params: EvaluateParams) -> list[EvalResult]:
+def train_task(id_sets: list[IdSet], sequences: Sequences, params: EvaluateParams, plan: stage.WorkerPlan | None) -> list[EvalResult]:
+    """Ray Train on ``plan``'s workers; ``plan=None`` (``--in-process``) trains in this process."""
     log = stage_logger("evaluate")
     config = params.engine_config()
-    if params.in_process:
+    if plan is None:
         return stage.train_and_score_in_process(id_sets, sequences, config=config, seeds=params.seeds, log=log.info)
-    return stage.train_and_score(id_sets, sequences, config=config, seeds=params.seeds, num_workers=params.num_workers,
-                                  use_gpu=params.use_gpu, parallel=params.parallel)
+    return stage.train_and_score(id_sets, sequences, config=config, seeds=params.seeds, plan=plan)
 
 
 @task(name="evaluate-report", cache_policy=NO_CACHE)
@@ -139,10 +139,9 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         baselines, vectors_info = baselines_task(run, params, work)
         id_sets = [run.ids, *baselines]
         dropped = _dropped(id_sets, sequences)
-        if params.num_workers is None and not params.in_process:
-            workers = stage.default_num_workers(len(id_sets) * len(params.seeds), parallel=params.parallel, use_gpu=params.use_gpu)
-            params = params.model_copy(update={"num_workers": workers})
-        results = train_task(id_sets, sequences, params)
+        plan = None if params.in_process else stage.plan_workers(len(id_sets) * len(params.seeds), num_workers=params.num_workers,
+                                                                   use_gpu=params.use_gpu, parallel=params.parallel)
+        results = train_task(id_sets, sequences, params, plan)
     storage.remove(work)
     kinds = {run.ids.name: "run", **{b.name: b.name for b in baselines}}
     config = params.engine_config()
@@ -153,7 +152,8 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         "interactions": {"uri": params.interactions, "sha256": stage.file_sha256(params.interactions),
                          "users": len(sequences.users), "interactions": sequences.n_interactions},
         "config": {**config.to_dict(), "seeds": list(params.seeds), "baselines": list(params.baselines),
-                   "num_workers": params.num_workers, "parallel": params.parallel, "in_process": params.in_process},
+                   "num_workers": plan.num_workers if plan else None, "use_gpu": plan.use_gpu if plan else False,
+                   "parallel": params.parallel, "in_process": params.in_process},
         "baseline_vectors": vectors_info,
         "id_sets": {},
     }

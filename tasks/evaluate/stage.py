@@ -5,12 +5,15 @@
   the run's ``items/`` with the run's embed config and the output root's
   embedding cache (``<out>/_cache/embeddings``: unchanged items are never
   re-embedded), then builds residual k-means / random IDs (:mod:`.baselines`).
+* :func:`plan_workers` resolves, once, how many Ray Train workers on which
+  devices (GPU when the cluster has one; by default one worker per job up to
+  the devices); evaluation.json records the result.
 * :func:`train_and_score` runs :func:`tasks.evaluate.engine.evaluate_ids` for
-  every (ID set, seed) inside one Ray Train ``TorchTrainer`` (GPU when the
-  cluster has one). With ``num_workers`` > 1 the independent (ID set, seed)
-  jobs are spread over the workers (``parallel="jobs"``: two cores, two jobs at
-  once) or each job trains data-parallel on all of them (``parallel="ddp"``);
-  rank 0 gathers the results and returns them as JSON in its checkpoint.
+  every (ID set, seed) inside one Ray Train ``TorchTrainer`` on that plan. With
+  more than one worker the independent (ID set, seed) jobs are spread over the
+  workers (``parallel="jobs"``: two cores, two jobs at once) or each job trains
+  data-parallel on all of them (``parallel="ddp"``); rank 0 gathers the results
+  and returns them as JSON in its checkpoint.
 * :func:`write_evaluation` writes ``evaluation.json``, ``evaluation.html`` and
   ``_SUCCESS`` last under ``<run>/eval/<eval_id>/`` (local or s3://).
 """
@@ -145,51 +148,53 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         ray.train.report({"done": len(results)})
 
 
-def default_num_workers(n_jobs: int, *, parallel: str, use_gpu: bool | None) -> int:
-    """Ray Train workers when none are asked for: one per (ID set, seed) job, up to the cluster's devices.
+@dataclass(frozen=True)
+class WorkerPlan:
+    """The Ray Train workers of one evaluation, resolved once against the cluster and recorded in evaluation.json."""
 
-    Devices are GPUs when training uses them (``use_gpu``, or None on a cluster that has one), else CPUs:
-    jobs are independent, so a 2-CPU box trains two at a time instead of one after another. "ddp" takes
-    every device for each job.
-    """
-    import ray
-
-    cluster = ray.cluster_resources()
-    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-    devices = max(1, gpus if (use_gpu or (use_gpu is None and gpus > 0)) else cpus)
-    return devices if parallel == "ddp" else max(1, min(n_jobs, devices))
+    num_workers: int
+    use_gpu: bool
+    parallel: str
+    resources_per_worker: dict[str, float]
 
 
-def train_and_score(
-    id_sets: list[IdSet], sequences: Sequences, *, config: EvalConfig, seeds: list[int], num_workers: int = 1,
-    use_gpu: bool | None = None, parallel: str = "jobs",
-) -> list[EvalResult]:
-    """Every (ID set, seed) through Ray Train, results in (ID set, seed) order.
+def plan_workers(n_jobs: int, *, num_workers: int | None = None, use_gpu: bool | None = None, parallel: str = "jobs") -> WorkerPlan:
+    """Workers for ``n_jobs`` (ID set, seed) jobs on the current Ray cluster.
 
-    ``use_gpu=None``: when the Ray cluster has a GPU. ``parallel``: "jobs" spreads the jobs over
-    the workers, "ddp" trains each job data-parallel on all workers.
+    ``use_gpu=None``: when the cluster has a GPU. ``num_workers=None``: one per job up to the devices
+    (GPUs when training uses them, else CPUs), since jobs are independent and a 2-CPU box then trains
+    two at a time instead of one after another; "ddp" trains each job data-parallel on every device.
+    More workers than devices share them (jobs), but DDP needs one GPU each or it would wait forever.
     """
     if parallel not in ("jobs", "ddp"):
         raise ValueError(f"parallel must be 'jobs' or 'ddp', got {parallel!r}")
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     cluster = ray.cluster_resources()
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     if use_gpu is None:
         use_gpu = gpus > 0
-    # More workers than devices would wait forever: share them (jobs are independent), but DDP needs one each.
+    if num_workers is None:
+        devices = max(1, int(gpus if use_gpu else cpus))
+        num_workers = devices if parallel == "ddp" else max(1, min(n_jobs, devices))
     if use_gpu and parallel == "ddp" and num_workers > gpus:
         raise ValueError(f"parallel='ddp' with {num_workers} workers needs {num_workers} GPUs; the cluster has {gpus:g}")
     resources = {"CPU": min(1.0, cpus / num_workers)}
     if use_gpu:
         resources["GPU"] = min(1.0, gpus / num_workers)
+    return WorkerPlan(num_workers=num_workers, use_gpu=use_gpu, parallel=parallel, resources_per_worker=resources)
+
+
+def train_and_score(id_sets: list[IdSet], sequences: Sequences, *, config: EvalConfig, seeds: list[int], plan: WorkerPlan) -> list[EvalResult]:
+    """Every (ID set, seed) through Ray Train on the planned workers, results in (ID set, seed) order."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     with tempfile.TemporaryDirectory(prefix="semid-eval-") as storage_path:
         trainer = TorchTrainer(
             _train_loop,
-            train_loop_config={"id_sets": id_sets, "sequences": sequences, "seeds": list(seeds), "config": config.to_dict(), "parallel": parallel},
-            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+            train_loop_config={"id_sets": id_sets, "sequences": sequences, "seeds": list(seeds), "config": config.to_dict(), "parallel": plan.parallel},
+            scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu, resources_per_worker=plan.resources_per_worker),
             run_config=RunConfig(name="evaluate", storage_path=storage_path),
         )
         result = trainer.fit()

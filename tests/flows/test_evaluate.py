@@ -66,6 +66,7 @@ def test_cli_evaluates_run_and_baselines_on_ray_train_workers(tiny_run, capsys):
     # no --num-workers: one worker per (ID set, seed) job, up to the cluster's CPUs (two on a 2-CPU box)
     workers = min(3, int(ray.cluster_resources()["CPU"]))
     assert ev["config"]["seeds"] == [0] and ev["config"]["steps"] == 6 and ev["config"]["num_workers"] == workers
+    assert ev["config"]["use_gpu"] is ("GPU" in ray.cluster_resources())
     assert ev["baseline_vectors"]["embed_counts"]["embedded"] == 0, "the run's embedding cache serves every item"
     page = (folder / "evaluation.html").read_text()
     assert "<svg" in page and "rkmeans" in page and "NDCG@10" in page
@@ -73,17 +74,28 @@ def test_cli_evaluates_run_and_baselines_on_ray_train_workers(tiny_run, capsys):
     assert main(args) == 2 and "already holds a finished evaluation" in capsys.readouterr().err
 
 
-def test_default_workers_one_per_job_up_to_the_devices(one_ray):
+def test_worker_plan_one_per_job_up_to_the_devices(one_ray):
     import ray
 
-    from tasks.evaluate.stage import default_num_workers
+    from tasks.evaluate.stage import plan_workers
 
     cpus = int(ray.cluster_resources()["CPU"])
-    assert default_num_workers(1, parallel="jobs", use_gpu=None) == 1
-    assert default_num_workers(1000, parallel="jobs", use_gpu=None) == cpus
-    assert default_num_workers(1, parallel="ddp", use_gpu=None) == cpus  # each job on every device
-    if "GPU" not in ray.cluster_resources():  # training on GPUs counts GPUs: none here, so the floor of one
-        assert default_num_workers(6, parallel="jobs", use_gpu=True) == 1
+    has_gpu = "GPU" in ray.cluster_resources()
+    one = plan_workers(1)
+    assert (one.num_workers, one.use_gpu, one.parallel) == (1, has_gpu, "jobs")
+    assert one.resources_per_worker["CPU"] == 1.0
+    if not has_gpu:
+        assert plan_workers(1000).num_workers == cpus
+        assert plan_workers(1, parallel="ddp").num_workers == cpus  # each job on every device
+        # training on GPUs counts GPUs: none here, so the floor of one; asking for more than the devices shares them
+        gpu = plan_workers(6, use_gpu=True)
+        assert gpu.num_workers == 1 and gpu.use_gpu and gpu.resources_per_worker["GPU"] == 0.0
+        shared = plan_workers(6, num_workers=4 * cpus)
+        assert shared.num_workers == 4 * cpus and shared.resources_per_worker == {"CPU": 0.25}
+        with pytest.raises(ValueError, match="needs 2 GPUs"):
+            plan_workers(1, num_workers=2, use_gpu=True, parallel="ddp")
+    with pytest.raises(ValueError, match="parallel must be"):
+        plan_workers(1, parallel="threads")
 
 
 def test_bad_interactions_exit_2_before_any_training(tiny_run, tmp_path, capsys):
