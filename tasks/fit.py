@@ -126,8 +126,8 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics.to_dict())
         if rank == 0:  # one progress line per epoch, forwarded to the driver's log
-            print(f"fit epoch {metrics.epoch + 1}/{train.epochs}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
-                  f"code usage {[round(u, 3) for u in metrics.code_usage]}", flush=True)
+            progress.worker_line(f"fit epoch {metrics.epoch + 1}/{train.epochs}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
+                                 f"code usage {[round(u, 3) for u in metrics.code_usage]}")
             progress.worker_report("fit", metrics.epoch + 1, train.epochs, unit="epochs")
         if in_train:
             ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 
 LOGGER_NAME = "semid.progress"
@@ -65,10 +66,20 @@ def stage_done(result) -> None:
     finished(result.stage, done=done, unit=unit, seconds=0.0 if result.resumed else float(result.seconds), note=note)
 
 
+def worker_line(line: str) -> None:
+    """From inside a Ray worker: ``line`` on stdout, forwarded once to the driver (and semid's log file).
+
+    Not ``print``: Ray Train patches ``print`` in its workers to log the text *and* echo it to
+    stdout, so every printed line reached the driver twice.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def worker_report(stage: str, done: int, total: int | None = None, *, unit: str = "items") -> None:
     """From inside a Ray worker: one stdout line that ``forward_worker_reports`` turns into a record."""
     payload = {"stage": stage, "done": int(done), "total": None if total is None else int(total), "unit": unit}
-    print(WORKER_MARKER + json.dumps(payload), flush=True)
+    worker_line(WORKER_MARKER + json.dumps(payload))
 
 
 def parse_worker_line(line: str) -> ProgressEvent | None:

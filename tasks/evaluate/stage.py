@@ -36,6 +36,7 @@ from tasks.evaluate.baselines import baseline_ids
 from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, evaluate_ids, prepare
 from tasks.evaluate.interactions import Sequences
 from tasks.evaluate.report import render_html
+from tasks.progress import worker_line
 
 SUCCESS = "_SUCCESS"
 RESULTS = "results.json"
@@ -133,7 +134,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             continue
         if i not in prepared:
             prepared = {i: prepare(id_sets[i], loop_config["sequences"], max_history=config.max_history)}
-        log = (lambda m: print(f"[worker {rank}] {m}", flush=True)) if (rank == 0 or not ddp) else None
+        log = (lambda m: worker_line(f"[worker {rank}] {m}")) if (rank == 0 or not ddp) else None
         results.append((j, evaluate_ids(id_sets[i], prepared[i], config=config, seed=seed, log=log, ddp=ddp).to_dict()))
     if not ddp and world > 1:
         gathered: list[Any] = [None] * world

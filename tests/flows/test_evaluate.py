@@ -113,3 +113,36 @@ def test_cli_budget_options(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["evaluate", str(tmp_path), "--interactions", "x.txt", "--steps", "5", "--time-budget", "9"])
     assert e.value.code == 2
+
+
+def test_ray_train_worker_lines_reach_the_driver_once(one_ray, tmp_path):
+    """Ray Train patches ``print`` in its workers to log the text and echo it: two copies at the driver (and in
+    semid's log file). ``progress.worker_line``, used by the evaluation and fit loops, writes each line once."""
+    import time
+    import uuid
+
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tag = uuid.uuid4().hex
+
+    def loop(config):
+        from tasks.progress import worker_line
+
+        print(f"{config['tag']} via print", flush=True)
+        worker_line(f"{config['tag']} via worker_line")
+
+    seen: list[str] = []
+    dispatcher.add_handler("test_worker_lines", lambda data: seen.extend(line for line in data.get("lines", ()) if tag in line))
+    try:
+        TorchTrainer(loop, train_loop_config={"tag": tag}, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                     run_config=RunConfig(name="lines", storage_path=str(tmp_path))).fit()
+        deadline = time.monotonic() + 60  # the log monitor forwards worker output asynchronously
+        while time.monotonic() < deadline and not (any("via print" in s for s in seen) and any("via worker_line" in s for s in seen)):
+            time.sleep(0.2)
+        time.sleep(2.0)  # room for a second copy to arrive
+    finally:
+        dispatcher.remove_handler("test_worker_lines")
+    assert sum("via worker_line" in s for s in seen) == 1, seen
+    assert sum("via print" in s for s in seen) >= 2, seen  # the behaviour worker_line avoids (else this test could not fail)
