@@ -146,3 +146,19 @@ def test_ray_train_worker_lines_reach_the_driver_once(one_ray, tmp_path):
         dispatcher.remove_handler("test_worker_lines")
     assert sum("via worker_line" in s for s in seen) == 1, seen
     assert sum("via print" in s for s in seen) >= 2, seen  # the behaviour worker_line avoids (else this test could not fail)
+
+
+def test_worker_processes_start_with_the_placement_group_cleaner_muted_below_errors(one_ray):
+    """ray_session's setup hook runs in every worker: the cleaner's once-a-second state-API timeout warnings
+    (most of an evaluation's log on a busy box) are muted, its errors are not."""
+    import logging
+
+    import ray
+
+    from tasks.ray_runtime import _QUIET_WORKER_LOGGERS
+
+    @ray.remote(num_cpus=0)
+    def levels() -> dict[str, int]:
+        return {name: logging.getLogger(name).getEffectiveLevel() for name in _QUIET_WORKER_LOGGERS}
+
+    assert ray.get(levels.remote()) == {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
