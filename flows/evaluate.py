@@ -152,7 +152,7 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         "interactions": {"uri": params.interactions, "sha256": stage.file_sha256(params.interactions),
                          "users": len(sequences.users), "interactions": sequences.n_interactions},
         "config": {**config.to_dict(), "seeds": list(params.seeds), "baselines": list(params.baselines),
-                   "num_workers": plan.num_workers if plan else None, "use_gpu": plan.use_gpu if plan else False,
+                   "num_workers": plan.num_workers if plan else None, "use_gpu": plan.use_gpu if plan else None,
                    "parallel": params.parallel, "in_process": params.in_process},
         "baseline_vectors": vectors_info,
         "id_sets": {},

@@ -34,9 +34,9 @@ _DRIVER_ENV_DEFAULTS = {
 }
 
 
-# Ray Train's placement-group cleaner polls the state API once a second to see whether the training
-# controller still lives, and warns each time the call times out; on a busy 2-CPU box that was 2,238 of
-# the 2,344 lines of one Beauty evaluation's log. Its failures to clean up stay visible (errors).
+# Ray Train's placement-group cleaner asks the state API once a second whether the training controller
+# still lives, and warns each time the query fails; on a busy 2-CPU box that was 2,238 of the 2,344 lines
+# of one Beauty evaluation's log. Its failures to clean up stay visible (errors).
 _QUIET_WORKER_LOGGERS = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
 
 
