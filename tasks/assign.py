@@ -130,7 +130,8 @@ class ItemEncoder:
     def _encode(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(vectors), self.chunk_rows):  # bounds the actor's working memory
-            x = torch.from_numpy(vectors[start : start + self.chunk_rows]).float().to(self.device)
+            # a copy: the vectors are read-only Arrow memory, which torch.from_numpy warns about
+            x = torch.tensor(vectors[start : start + self.chunk_rows], dtype=torch.float32, device=self.device)
             enc = self.model.encode_items(x)
             diff = x - enc.recon
             for key, value in (("codes", enc.codes.to(torch.int32)), ("distance", enc.distance.double()), ("last_residual", enc.last_residual.float()),

@@ -193,3 +193,15 @@ def test_a_partition_without_items_writes_an_empty_part(tmp_path, model_dir):
                                   with_prior=False, retrain=False, sample_below=None)
     assert (summary["n_ids"], summary["n_encoded"], summary["digests"]) == (0, 0, {})
     assert pq.read_table(tmp_path / "semantic_ids" / "part-00003.parquet").num_rows == 0
+
+
+def test_encoder_copies_read_only_vectors_without_a_torch_warning(model_dir, tmp_path):
+    import warnings
+
+    vectors = _vectors(50, seed=3)
+    vectors.setflags(write=False)  # as the embed stage's Arrow-backed vectors arrive
+    encoder = assign_mod.ItemEncoder(model_uri=str(model_dir), device="cpu", out_dir=str(tmp_path), n_partitions=1, chunk_rows=20, with_prior=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoded = encoder._encode(vectors)
+    assert encoded["codes"].shape == (50, L) and np.isfinite(encoded["sq_err"]).all()
