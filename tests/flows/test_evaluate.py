@@ -149,7 +149,7 @@ def test_ray_train_worker_lines_reach_the_driver_once(one_ray, tmp_path):
 
 
 def test_worker_processes_start_with_the_placement_group_cleaner_muted_below_errors(one_ray):
-    """ray_session's setup hook runs in every worker: the cleaner's once-a-second state-API timeout warnings
+    """ray_session's setup hook runs in every worker: the cleaner's once-a-second "failed to query" warnings
     (most of an evaluation's log on a busy box) are muted, its errors are not."""
     import logging
 
