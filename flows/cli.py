@@ -158,7 +158,8 @@ def _add_evaluate(sub) -> None:
                                                    "(default: one per job, up to the cluster's CPUs, or GPUs when it has them; with --ddp all of them)")
     ev.add_argument("--ddp", action="store_true", help="with --num-workers > 1: train each job data-parallel on all workers instead of spreading the jobs")
     ev.add_argument("--in-process", action="store_true", help="train in this process instead of through Ray Train (same engine)")
-    ev.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: under $SEMID_LOG_DIR or the temp dir)")
+    ev.add_argument("--log-file", help="where Ray's and Prefect's logs go (default: beside the run's log, "
+                    "OUT/NAME/_logs/RUN_ID-evaluate-EVAL_ID.log for a local run, else under $SEMID_LOG_DIR)")
     add_output_options(ev)
 
 
@@ -307,7 +308,7 @@ def _cmd_similar(args: argparse.Namespace, console: Console) -> int:
 def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     import datetime as dt
 
-    from flows.console import default_log_path
+    from flows.console import evaluation_log_path
     from flows.evaluate import EvaluateParams, evaluate
     from flows.retokenize import check_safe
 
@@ -322,7 +323,7 @@ def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
         seeds=seeds, eval_id=eval_id, batch_size=args.batch_size, beam=args.beam, eval_every=args.eval_every,
         val_users=args.val_users, num_workers=args.num_workers, parallel="ddp" if args.ddp else "jobs", in_process=args.in_process,
     )
-    with capture(console, args.log_file or default_log_path(f"evaluate-{eval_id}")), show_run_logs(console):
+    with capture(console, args.log_file or evaluation_log_path(args.run, eval_id)), show_run_logs(console):
         payload = evaluate(params)
     console.result(payload, _evaluate_text)
     console.info(f"log: {console.log_file}")

@@ -356,7 +356,7 @@ def _quality(*, embeddings_uri: str, item_ids: list[str], codes: np.ndarray, sq_
     if table["item_id"].to_pylist() != np.asarray(item_ids, dtype=str)[order].tolist():
         raise RuntimeError("assign quality: sampled items are missing from the embeddings")
     n = len(item_ids)
-    baseline = compare_with_residual_kmeans(vectors=vectors_matrix(table).copy(),  # writable, for torch.from_numpy
+    baseline = compare_with_residual_kmeans(vectors=vectors_matrix(table),
                                             codes=codes[order], recon_sq_err=sq_err[order],
                                             codebook_size=codebook_size, n_queries=min(2000, n), seed=0) if n > 1 else None
     counts, edges = np.histogram(sq_err / dim, bins=30)

@@ -232,9 +232,12 @@ def vectors_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def vectors_matrix(table: pa.Table) -> np.ndarray:
-    """The (rows, dim) float32 matrix of a table's ``vector`` column (the inverse of :func:`vectors_array`)."""
+    """The (rows, dim) float32 matrix of a table's ``vector`` column (the inverse of :func:`vectors_array`).
+
+    An owned, writable copy: Arrow's own buffers are read-only, and ``torch.from_numpy`` of a read-only
+    array warns (and writing through the tensor would be undefined), so callers can hand it to torch as is."""
     flat = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
+    return np.array(flat, dtype=np.float32).reshape(table.num_rows, -1)
 
 
 def _items_files(items_uri: str) -> list[str]:

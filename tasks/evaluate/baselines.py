@@ -21,8 +21,8 @@ BASELINES = ("rkmeans", "random")
 
 
 def rkmeans_ids(item_ids: np.ndarray, vectors: np.ndarray, *, n_levels: int, codebook_size: int, seed: int) -> IdSet:
-    x = torch.tensor(vectors, dtype=torch.float32)  # a copy: vectors read from Arrow are read-only
-    rk = residual_kmeans(x, n_levels=n_levels, k=codebook_size, seed=seed)
+    """``vectors``: the (rows, dim) float32 matrix, writable (as :func:`tasks.embed.vectors_matrix` returns it)."""
+    rk = residual_kmeans(torch.from_numpy(np.asarray(vectors, dtype=np.float32)), n_levels=n_levels, k=codebook_size, seed=seed)
     last_book = rk.codebooks[-1]
 
     def last_level_distances(idx: np.ndarray) -> np.ndarray:

@@ -70,8 +70,20 @@ def test_cli_evaluates_run_and_baselines_on_ray_train_workers(tiny_run, capsys):
     assert ev["baseline_vectors"]["embed_counts"]["embedded"] == 0, "the run's embedding cache serves every item"
     page = (folder / "evaluation.html").read_text()
     assert "<svg" in page and "rkmeans" in page and "NDCG@10" in page
+    # the log sits beside the run's own, one file per (run, eval id)
+    log = Path(prefix).parent / "_logs" / "r1-evaluate-e1.log"
+    assert log.stat().st_size > 0
     # an eval id is written once
     assert main(args) == 2 and "already holds a finished evaluation" in capsys.readouterr().err
+
+
+def test_evaluation_log_path_is_per_run_and_eval_id(tmp_path, monkeypatch):
+    from flows.console import evaluation_log_path
+
+    monkeypatch.setenv("SEMID_LOG_DIR", str(tmp_path / "logs"))
+    assert evaluation_log_path("out/shop/r1/", "e1") == str(Path("out/shop/_logs/r1-evaluate-e1.log").resolve())
+    assert evaluation_log_path("out/shop/r2", "e1") != evaluation_log_path("out/shop/r1", "e1")
+    assert evaluation_log_path("s3://bucket/out/shop/r1", "e1") == str(tmp_path / "logs" / "shop" / "r1-evaluate-e1.log")
 
 
 def test_worker_plan_one_per_job_up_to_the_devices(one_ray):

@@ -270,3 +270,21 @@ def test_rejects_duplicate_ids(base_dir):
     pq.write_table(table, base_dir / "bad.parquet")
     with pytest.raises(ValueError, match="not unique"):
         embed(items_uri=str(base_dir / "bad.parquet"), work_uri=str(base_dir / "bad"), cache_uri=None, config=CPU)
+
+
+def test_vectors_matrix_is_an_owned_writable_copy(tmp_path):
+    """Parquet-read vectors live in read-only Arrow buffers; torch.from_numpy of those warns (CI runs with
+    warnings shown). vectors_matrix hands torch an owned float32 copy, the inverse of vectors_array."""
+    import warnings
+
+    import torch
+
+    from tasks.embed import vectors_array, vectors_matrix
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    pq.write_table(pa.table({"vector": vectors_array(x)}), tmp_path / "v.parquet")
+    m = vectors_matrix(pq.read_table(tmp_path / "v.parquet"))
+    assert m.dtype == np.float32 and m.flags.writeable and np.array_equal(m, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.from_numpy(m)

@@ -38,12 +38,19 @@ def test_rkmeans_first_code_follows_the_clusters():
         baseline_ids("nope", np.array(["a"]), x[:1], n_levels=1, codebook_size=2, seed=0)
 
 
-def test_rkmeans_takes_read_only_vectors_as_arrow_hands_them_over():
+def test_rkmeans_takes_the_vectors_as_read_back_from_parquet(tmp_path):
+    """The evaluation reads the run's vectors from Parquet (read-only Arrow memory); vectors_matrix hands them
+    over as a writable copy, so residual k-means takes them without torch's non-writable-array warning."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.embed import vectors_array, vectors_matrix
+
     x, _ = _clustered()
-    x = x.astype(np.float32)
-    x.setflags(write=False)  # what pyarrow's to_numpy gives for the embeddings column
+    pq.write_table(pa.table({"vector": vectors_array(x)}), tmp_path / "v.parquet")
+    vectors = vectors_matrix(pq.read_table(tmp_path / "v.parquet"))
     item_ids = np.array([str(i) for i in range(len(x))])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns (and would share memory) on a non-writable array
-        ids = baseline_ids("rkmeans", item_ids, x, n_levels=2, codebook_size=8, seed=0)
-    assert ids_hash(ids) == ids_hash(baseline_ids("rkmeans", item_ids, x.copy(), n_levels=2, codebook_size=8, seed=0))
+        ids = baseline_ids("rkmeans", item_ids, vectors, n_levels=2, codebook_size=8, seed=0)
+    assert ids_hash(ids) == ids_hash(baseline_ids("rkmeans", item_ids, x.astype(np.float32), n_levels=2, codebook_size=8, seed=0))
