@@ -30,7 +30,7 @@ def test_kmeans_init_and_dead_code_restart_prevent_collapse():
     usage = {}
     for name, extra in {
         "toolbox": dict(quantizer="rotation", kmeans_init=True, dead_code_window=20),
-        "plain_ste": dict(quantizer="ste", kmeans_init=False, dead_code_window=0),
+        "plain_ste": dict(quantizer="ste", kmeans_init=False, dead_code_window=0, ema=False),
     }.items():
         cfg = RQVAEConfig(**BOTTLENECK, **extra)
         model = RQVAE(config=cfg)
@@ -91,8 +91,8 @@ def test_data_initialised_codebooks_stay_in_use_without_restarts():
         dict(quantizer="ste"),
         dict(quantizer="rotation"),
         dict(sinkhorn=True),
-        dict(ema=True),
-        dict(simvq=True),
+        dict(ema=False),
+        dict(simvq=True, ema=False),
         dict(vae=True),
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
@@ -125,9 +125,24 @@ def test_nonfinite_loss_stops_the_fit_and_is_reported():
     assert result.stopped_early and result.history[-1].nonfinite and len(result.history) == 1
 
 
+def test_fine_tuning_improves_on_its_residual_kmeans_start():
+    """The default fit starts at residual k-means (skip encoder, data-initialised codebooks) and must end with a
+    lower whole-set reconstruction error than it started with. Codebooks moved by AdamW barely did (Adam turns
+    the near-zero-mean minibatch gradients at a k-means fixed point into lr-sized steps); EMA codebooks do."""
+    x = torch.nn.functional.normalize(clustered(n=3000, k=300, dim=32, noise=0.5), dim=-1)
+    cfg = RQVAEConfig(input_dim=32, hidden_dims=(64,), codebook_size=32)
+    start = RQVAE(config=cfg)
+    start.init_codebooks(x)
+    model = RQVAE(config=cfg)
+    fit(model=model, train=train(4, warmup_steps=50), epoch_batches=epochs_of(x, 256), steps_per_epoch=12, init_data=x)
+    with torch.no_grad():
+        before, after = start.eval()(x).recon_loss.item(), model.eval()(x).recon_loss.item()
+    assert after < 0.995 * before, (before, after)
+
+
 def test_early_stop_on_recon_plateau_and_callback_sees_each_epoch():
     x = clustered(n=512, k=4)
-    cfg = RQVAEConfig(**SMALL, codebook_size=4)
+    cfg = RQVAEConfig(**SMALL, codebook_size=4, ema=False)  # codebooks on the optimiser: lr 1e-9 freezes everything
     seen = []
     result = fit(
         model=RQVAE(config=cfg), train=train(50, warmup_steps=0, lr=1e-9, early_stop_patience=3),  # nothing can improve
