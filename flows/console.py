@@ -107,11 +107,9 @@ def evaluation_log_path(run: str, eval_id: str) -> str:
     """An evaluation's log, one file per (run, eval id), beside the run's own log: ``<out>/<name>/_logs/
     <run_id>-evaluate-<eval_id>.log`` for a local run, under ``$SEMID_LOG_DIR/<name>/`` for a remote one.
     Named by the eval id alone, evaluations of different runs under one id would share a file."""
-    parent, _, run_id = run.rstrip("/").rpartition("/")
-    log_id = f"{run_id}-evaluate-{eval_id}"
-    if "://" in run:
-        return run_log_path(run, parent.rpartition("/")[2], log_id)  # remote: run_log_path's local-log branch
-    return os.path.join(os.path.abspath(parent or "."), "_logs", f"{log_id}.log")
+    catalog_dir, _, run_id = run.rstrip("/").rpartition("/")  # a run prefix is OUT/NAME/RUN_ID
+    out, _, name = catalog_dir.rpartition("/")
+    return run_log_path(out, name, f"{run_id}-evaluate-{eval_id}")
 
 
 def _fd_backed(stream: TextIO, fd: int) -> bool:
