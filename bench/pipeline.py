@@ -160,7 +160,7 @@ def main() -> None:
         print(f"flow wall time {flow_s:.1f} s, peak RSS (process tree) {flow_peak / 2**20:.0f} MiB")
         print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in manifest["timings"].items()))
         fit_info = manifest["stages"]["fit"]
-        print(f"fit: {fit_info['epochs_run']} epochs run, stopped early: {fit_info['stopped_early']}")
+        print(f"fit: {fit_info['epochs_run']} epochs run, stopped early: {fit_info['stopped_early']}, saved epoch {(fit_info.get('final') or {}).get('epoch', -1) + 1}")
         print(f"quality: unique-tuple rate {quality['unique_tuple_rate']:.4f}, largest collision group {quality['largest_collision_group']}, "
               f"active codes per level {[lv['active_codes'] for lv in quality['levels']]}, recon cosine {quality['recon_cosine']:.4f}, "
               f"recon mse {quality['recon_mse']:.6f}, prefix coherence {[round(v, 3) for v in quality['prefix_coherence']]}")

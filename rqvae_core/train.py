@@ -30,17 +30,46 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min
     return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * coeff)
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _reduce_device() -> torch.device:
+    """Where collectives run: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _global_epoch_stats(sums: dict[str, float], n: int, used: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
     """Average over every DDP rank, so all ranks see the same metrics and stop at the same epoch."""
     keys = sorted(sums)
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return {k: sums[k] / n for k in keys}, used
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _reduce_device()
     totals = torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     flags = used.to(device=device, dtype=torch.int32)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return {k: (totals[i] / totals[-1]).item() for i, k in enumerate(keys)}, flags.bool().cpu()
+
+
+@torch.no_grad()
+def eval_recon(model: RQVAE, x: torch.Tensor) -> float:
+    """Eval-mode reconstruction error of ``x`` (mean over rows, all DDP ranks): what the saved model does.
+
+    The epoch's training mean is not that: it averages over weights that moved during the epoch,
+    with training-mode quantisation (restarts, VAE sampling).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        total = sum(float((model(chunk).recon - chunk).pow(2).sum()) for chunk in x.split(65_536))
+    finally:
+        model.train(was_training)
+    totals = torch.tensor([total, float(len(x))], dtype=torch.float64)
+    if _distributed():
+        totals = totals.to(_reduce_device())
+        dist.all_reduce(totals)
+    return (totals[0] / totals[1]).item()
 
 
 def unwrap(model: nn.Module) -> RQVAE:
@@ -60,6 +89,8 @@ class EpochMetrics:
     steps: int
     code_usage: list[float]
     """Share of codes picked at least once this epoch, per level (training batches)."""
+    eval_recon: float | None = None
+    """Eval-mode recon of the fit set (``init_data``) with the weights at the end of this epoch."""
     nonfinite: bool = False
 
     def to_dict(self) -> dict:
@@ -71,6 +102,8 @@ class FitResult:
     history: list[EpochMetrics] = field(default_factory=list)
     stopped_early: bool = False
     steps: int = 0
+    kept_epoch: int = -1
+    """The epoch whose weights the model holds after :func:`fit` (the last one unless an earlier scored better)."""
 
 
 class Trainer:
@@ -123,10 +156,14 @@ def fit(
     codebooks start at residual k-means of its latents (:meth:`RQVAE.init_codebooks`); without
     it they start at k-means of the first batch.
 
-    Stops early when the epoch recon loss has not improved by a relative
-    ``train.early_stop_min_delta`` for ``train.early_stop_patience`` epochs, when
-    the loss is not finite (reported with ``nonfinite=True``), or when
-    ``on_epoch_end`` returns True.
+    The score of an epoch is the eval-mode recon of ``init_data`` with the weights at its end
+    (:func:`eval_recon`), or the epoch's training-mean recon without ``init_data``. Stops early when
+    the score has not improved by a relative ``train.early_stop_min_delta`` for
+    ``train.early_stop_patience`` epochs, when the loss is not finite (reported with
+    ``nonfinite=True``), or when ``on_epoch_end`` returns True. With ``init_data`` the model ends
+    with the weights of its best-scoring epoch (``FitResult.kept_epoch``), so an early stop or a
+    late rise does not publish worse weights than the fit had; a non-finite stop keeps the last
+    weights, for the caller to refuse.
     """
     epochs = train.epochs
     if init_data is not None and unwrap(model).config.kmeans_init:
@@ -135,7 +172,8 @@ def fit(
     core = unwrap(model)
     config = core.config
     result = FitResult()
-    best, stale = math.inf, 0
+    plateau, stale = math.inf, 0  # early stop: the score to beat by min_delta
+    best, best_state, best_epoch = math.inf, None, -1  # the weights to keep: the lowest eval-mode recon so far
     for epoch in range(epochs):
         sums: dict[str, float] = {}
         used = torch.zeros(config.n_levels, config.codebook_size, dtype=torch.bool)
@@ -152,22 +190,30 @@ def fit(
         if n == 0:
             raise ValueError(f"epoch {epoch} yielded no batches")
         means, used = _global_epoch_stats(sums, n, used)
+        nonfinite = not all(math.isfinite(v) for v in means.values())
+        score = eval_recon(core, init_data) if init_data is not None and not nonfinite else None
         metrics = EpochMetrics(
             epoch=epoch, steps=trainer.step_count, lr=float(last["lr"]),
-            code_usage=used.float().mean(1).tolist(), nonfinite=not all(math.isfinite(v) for v in means.values()), **means,
+            code_usage=used.float().mean(1).tolist(), eval_recon=score, nonfinite=nonfinite, **means,
         )
         result.history.append(metrics)
-        result.steps = trainer.step_count
+        result.steps, result.kept_epoch = trainer.step_count, epoch
+        if score is not None and score < best:
+            best, best_state, best_epoch = score, {k: v.detach().clone() for k, v in core.state_dict().items()}, epoch
         stop = bool(on_epoch_end(metrics)) if on_epoch_end else False
         if metrics.nonfinite or stop:
             result.stopped_early = True
             break
-        if metrics.recon < best * (1 - train.early_stop_min_delta):
-            best, stale = metrics.recon, 0
+        score = metrics.recon if score is None else score
+        if score < plateau * (1 - train.early_stop_min_delta):
+            plateau, stale = score, 0
         else:
             stale += 1
             if train.early_stop_patience and stale >= train.early_stop_patience:
                 result.stopped_early = True
                 break
+    if best_state is not None and not result.history[-1].nonfinite and best_epoch != result.kept_epoch:
+        core.load_state_dict(best_state)
+        result.kept_epoch = best_epoch
     core.eval()
     return result

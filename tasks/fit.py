@@ -126,14 +126,16 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics.to_dict())
         if rank == 0:  # one progress line per epoch, forwarded to the driver's log
-            progress.worker_line(f"fit epoch {metrics.epoch + 1}/{train.epochs}: recon {metrics.recon:.5f} loss {metrics.loss:.5f} "
+            scored = "" if metrics.eval_recon is None else f" eval recon {metrics.eval_recon:.5f}"
+            progress.worker_line(f"fit epoch {metrics.epoch + 1}/{train.epochs}: recon {metrics.recon:.5f}{scored} loss {metrics.loss:.5f} "
                                  f"code usage {[round(u, 3) for u in metrics.code_usage]}")
             progress.worker_report("fit", metrics.epoch + 1, train.epochs, unit="epochs")
         if in_train:
             ray.train.report({"epoch": metrics.epoch, "recon": metrics.recon, "code_usage_min": min(metrics.code_usage)})
 
     # codebooks from residual k-means of the whole in-memory shard, not of the first batch
-    fit(model=model, train=train, epoch_batches=epoch_batches, steps_per_epoch=steps, device=device, on_epoch_end=report, init_data=x.to(device))
+    result = fit(model=model, train=train, epoch_batches=epoch_batches, steps_per_epoch=steps, device=device, on_epoch_end=report, init_data=x.to(device))
+    history[result.kept_epoch]["kept"] = True  # the epoch whose weights are saved (the best eval recon)
     # One checkpoint at the end (early stop and NaN included), with the history that explains it.
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
@@ -159,20 +161,26 @@ def read_vectors(embeddings_uri: str) -> "ray.data.Dataset":
     return ray.data.read_parquet(paths, filesystem=fs if storage.is_s3(embeddings_uri) else None, columns=["item_id", "text_hash", "vector"])
 
 
+def kept_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The history row of the epoch whose weights were saved (marked ``kept``; the last in older histories)."""
+    return next((row for row in history if row.get("kept")), history[-1])
+
+
 def check_health(history: list[dict[str, Any]], *, codebook_size: int, n_items: int, min_code_usage: float) -> None:
-    """Fail before publishing when the loss went non-finite or a level collapsed."""
+    """Fail before publishing when the loss went non-finite or the saved epoch's levels collapsed."""
     if not history:
         raise TrainingFailed("training reported no epochs")
     last = history[-1]
     if last.get("nonfinite") or not all(math.isfinite(float(last[k])) for k in ("loss", "recon")):
         raise TrainingFailed(f"non-finite loss at epoch {last['epoch']}: loss={last['loss']} recon={last['recon']} codebook={last['codebook']} commitment={last['commitment']}")
+    kept = kept_epoch(history)
     reachable = min(codebook_size, n_items) / codebook_size  # a tiny catalog cannot use every code
     floor = min_code_usage * reachable
-    usage = [float(u) for u in last["code_usage"]]
+    usage = [float(u) for u in kept["code_usage"]]
     if min(usage) < floor:
         raise TrainingFailed(
-            f"codebook collapse: code usage per level {[round(u, 4) for u in usage]} is below the floor "
-            f"{floor:.4f} (fit.min_code_usage={min_code_usage} × reachable share {reachable:.3f}); recon={last['recon']:.5f}"
+            f"codebook collapse: code usage per level {[round(u, 4) for u in usage]} at epoch {kept['epoch']} is below the floor "
+            f"{floor:.4f} (fit.min_code_usage={min_code_usage} × reachable share {reachable:.3f}); recon={kept['recon']:.5f}"
         )
 
 
@@ -238,7 +246,7 @@ def _fit(*, embeddings_uri: str, n_items: int, core: RQVAEConfig, work_uri: str,
         items=n_items,
         fit_items=n_fit,
         epochs_run=len(history),
-        final=history[-1],
+        final=kept_epoch(history),
         use_gpu=use_gpu,
         num_workers=workers,
         runner="task" if single else "ray_train",

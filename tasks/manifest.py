@@ -120,6 +120,7 @@ class FitResult(StageResult):
     """Items the model was fitted on (a hash sample above ``fit.max_items``)."""
     epochs_run: int = 0
     final: dict[str, Any] | None = None
+    """History row of the epoch whose weights were saved (the best eval-mode recon, see ``rqvae_core.train.fit``)."""
     use_gpu: bool = False
     num_workers: int = 0
     runner: str = ""

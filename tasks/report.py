@@ -106,9 +106,12 @@ def _plot_recon_hist(hist: dict[str, Any]) -> str:
 def _plot_training(history: list[dict[str, Any]]) -> str:
     epochs = [h.get("epoch", i) for i, h in enumerate(history)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in ("loss", "recon"):
-        if all(key in h for h in history):
-            ax1.plot(epochs, [h[key] for h in history], label=key)
+    for key, label in (("loss", "loss"), ("recon", "recon (training mean)"), ("eval_recon", "recon (eval, epoch end)")):
+        if all(h.get(key) is not None for h in history):
+            ax1.plot(epochs, [h[key] for h in history], label=label)
+    kept = [h.get("epoch", i) for i, h in enumerate(history) if h.get("kept")]
+    if kept:
+        ax1.axvline(kept[0], color="grey", linestyle=":", label="saved epoch")
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -168,6 +171,8 @@ def render_quality_html(quality: dict[str, Any]) -> str:
     fit = quality.get("fit")
     if fit and "epochs_run" in fit:
         rows.append(["epochs run", fit["epochs_run"]])
+        if "kept_epoch" in fit:
+            rows.append(["epoch saved (best eval recon)", fit["kept_epoch"] + 1])
 
     parts = [
         "<!DOCTYPE html>",

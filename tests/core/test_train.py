@@ -140,6 +140,25 @@ def test_fine_tuning_improves_on_its_residual_kmeans_start():
     assert after < 0.995 * before, (before, after)
 
 
+def test_fit_keeps_the_weights_of_its_best_scoring_epoch():
+    """A fit whose later epochs get worse (AdamW codebooks at a constant lr 3e-2) ends with the weights of the
+    epoch with the lowest eval-mode recon of ``init_data``, not the last epoch's."""
+    x = torch.nn.functional.normalize(clustered(n=2000, k=200, dim=32, noise=0.5), dim=-1)
+    cfg = RQVAEConfig(input_dim=32, hidden_dims=(64,), codebook_size=32, ema=False)
+    model = RQVAE(config=cfg)
+    config = train(5, warmup_steps=0, lr=3e-2, min_lr_ratio=1.0)
+    result = fit(model=model, train=config, epoch_batches=epochs_of(x, 256), steps_per_epoch=8, init_data=x)
+    scores = [h.eval_recon for h in result.history]
+    best = scores.index(min(scores))
+    assert best < len(scores) - 1 and scores[-1] > 1.05 * min(scores), scores  # the case is real: the fit got worse
+    assert result.kept_epoch == best
+    with torch.no_grad():
+        assert model.eval()(x).recon_loss.item() == pytest.approx(min(scores), rel=1e-5)
+    # without init_data there is no eval-mode score: the last epoch's weights stay
+    plain = fit(model=RQVAE(config=cfg), train=config, epoch_batches=epochs_of(x, 256), steps_per_epoch=8)
+    assert plain.kept_epoch == len(plain.history) - 1 and all(h.eval_recon is None for h in plain.history)
+
+
 def test_early_stop_on_recon_plateau_and_callback_sees_each_epoch():
     x = clustered(n=512, k=4)
     cfg = RQVAEConfig(**SMALL, codebook_size=4, ema=False)  # codebooks on the optimiser: lr 1e-9 freezes everything

@@ -99,6 +99,8 @@ def test_whole_flow_on_two_nodes_with_s3_reads_no_item_rows_on_the_driver(tmp_pa
     manifest = check_published(prefix, n_input=n_input, n_quarantined=4)
     stages = manifest["stages"]
     assert stages["fit"]["runner"] == "ray_train" and stages["fit"]["num_workers"] == 2
+    # both ranks scored each epoch on their shards (all-reduced) and agreed on the epoch to save
+    assert stages["fit"]["final"]["kept"] and stages["fit"]["final"]["eval_recon"] > 0
     assert stages["embed"]["parts"] == 3 and stages["assign"]["partitions"] == 3
     # read back with polars (object_store) and pyarrow (s3fs) through the HTTP endpoint
     df = pl.read_parquet(f"{prefix}/semantic_ids/*.parquet", storage_options=storage.polars_storage_options(prefix))

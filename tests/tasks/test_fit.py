@@ -47,6 +47,9 @@ def test_fit_on_a_local_ray_cluster_checkpoints_and_resumes(tmp_path):
         assert model.config.input_dim == DIM and model.config.codebook_size == 16
         history = storage.read_json(manifest.history)
         assert [h["epoch"] for h in history] == [0, 1, 2]
+        # every epoch is scored in eval mode on the fit set; the saved one is the best and is marked
+        scores = [h["eval_recon"] for h in history]
+        assert [h["epoch"] for h in history if h.get("kept")] == [scores.index(min(scores))] == [manifest.final["epoch"]]
         assert min(history[-1]["code_usage"]) > 0.5
         again = _fit(tmp_path)
         assert again.resumed and again.model_hash == manifest.model_hash
@@ -61,5 +64,9 @@ def test_health_check_names_the_failure():
         check_health([{**ok, "loss": float("nan"), "nonfinite": True}], codebook_size=256, n_items=10_000, min_code_usage=0.05)
     with pytest.raises(TrainingFailed, match=r"codebook collapse: code usage per level \[0.9, 0.01\]"):
         check_health([{**ok, "code_usage": [0.9, 0.01]}], codebook_size=256, n_items=10_000, min_code_usage=0.05)
+    # the saved epoch's usage is what counts, not the last epoch's
+    with pytest.raises(TrainingFailed, match=r"\[0.9, 0.01\] at epoch 1"):
+        check_health([{**ok, "epoch": 1, "code_usage": [0.9, 0.01], "kept": True}, ok], codebook_size=256, n_items=10_000, min_code_usage=0.05)
+    check_health([{**ok, "epoch": 1, "kept": True}, {**ok, "code_usage": [0.9, 0.01]}], codebook_size=256, n_items=10_000, min_code_usage=0.05)
     # a catalog smaller than the codebook cannot use every code: the floor scales down
     check_health([{**ok, "code_usage": [0.03, 0.03]}], codebook_size=256, n_items=100, min_code_usage=0.05)

@@ -33,9 +33,11 @@ def quality() -> dict:
     q["fit"] = {
         "epochs_run": 3,
         "history": [
-            {"epoch": e, "recon": 1.0 / (e + 1), "loss": 1.5 / (e + 1), "code_usage": [0.5 + 0.1 * e] * levels}
+            {"epoch": e, "recon": 1.0 / (e + 1), "eval_recon": 0.9 / (e + 1), "loss": 1.5 / (e + 1),
+             "code_usage": [0.5 + 0.1 * e] * levels, **({"kept": True} if e == 2 else {})}
             for e in range(3)
         ],
+        "kept_epoch": 2,
     }
     q["run"] = {"catalog": "books", "run_id": "2024-05-01T00"}
     q["baseline"] = compare_with_residual_kmeans(
@@ -64,6 +66,7 @@ def test_full_report_is_self_contained_html(quality: dict) -> None:
     for lv in quality["levels"]:
         assert f"{lv['perplexity']:.6g}" in page
     assert "final ids unique" in page
+    assert "<td>epoch saved (best eval recon)</td><td>3</td>" in page  # 1-based, as the progress lines
     # one inline PNG per plot: usage, collisions, recon error, training
     images = _images(page)
     assert len(images) == 4
