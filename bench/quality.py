@@ -45,20 +45,18 @@ def coherence_rows(payload: dict, run_prefix: str) -> list[list[str]]:
 
     from rqvae_core.metrics import distinct_prefixes, prefix_coherence
     from tasks.evaluate import stage
-    from tasks.evaluate.baselines import baseline_ids
 
     run = stage.load_run_ids(run_prefix)
+    seed = int(run.manifest.get("params", {}).get("seed", 0))
     with tempfile.TemporaryDirectory(prefix="semid-bench-") as work:
         from tasks.ray_runtime import ray_session
 
         with ray_session():
-            item_ids, vectors, _ = stage.run_vectors(run_prefix, run.manifest, work_uri=work)
-    seed = int(run.manifest.get("params", {}).get("seed", 0))
+            item_ids, vectors = stage.run_items_matrix(stage.run_embeddings(run_prefix, run.manifest, work_uri=work).embeddings, run)
+            kinds = [v["kind"] for v in payload["id_sets"].values() if v["kind"] != "run"]
+            baselines, _ = stage.build_baselines(run, run_prefix, kinds, seed=seed, work_uri=work)
     row = {it: i for i, it in enumerate(item_ids.tolist())}
-    sets = {run.ids.name: run.ids}
-    for name, v in payload["id_sets"].items():
-        if v["kind"] != "run":
-            sets[name] = baseline_ids(v["kind"], item_ids, vectors, n_levels=run.n_levels, codebook_size=run.ids.codebook_size, seed=seed)
+    sets = {run.ids.name: run.ids, **{ids.name: ids for ids in baselines}}
     rows = [["ID set", "coherence@1", "coherence@2", "coherence@3", "prefixes@1", "prefixes@2", "prefixes@3"]]
     for name, ids in sets.items():
         if stage.ids_hash(ids) != payload["id_sets"][name]["sha256"]:
@@ -88,7 +86,7 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="pipeline config override (repeatable)")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per ID set and seed (default {DEFAULT_STEPS})")
     ap.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
-    ap.add_argument("--baselines", default="rkmeans,random", help="baseline ID sets, comma-separated; rkmeans is required for the ratio (default rkmeans,random)")
+    ap.add_argument("--baselines", default="rkmeans,random", help="baseline ID sets, comma-separated: rkmeans, rkmeans_fused (with --collab or a collab --run), random; the ratios are to the rkmeans ones (default rkmeans,random)")
     ap.add_argument("--num-workers", type=int, help="Ray Train workers; the (ID set, seed) jobs are spread over them (default: one per job, up to the CPUs)")
     ap.add_argument("--in-process", action="store_true", help="train without Ray Train (same engine)")
     args = ap.parse_args()
@@ -101,7 +99,7 @@ def main() -> int:
     from flows.evaluate import EvaluateParams, evaluate
     from flows.retokenize import retokenize
     from tasks.config import load_config
-    from tasks.evaluate.report import ratio_vs
+    from tasks.evaluate.report import kmeans_ratios
 
     t0 = time.perf_counter()
     prefix = args.run
@@ -124,11 +122,10 @@ def main() -> int:
                      "/".join(map(str, v["steps"])), f"{v['train_seconds']:.0f}", f"{v['eval_seconds']:.0f}", f"{v['cpu_seconds']:.0f}"])
     _print_table(rows)
     sets = payload["id_sets"]
-    base = next(v for v in sets.values() if v["kind"] == "rkmeans")
-    for name, ratio in ratio_vs(payload).items():
-        a, b = sets[name]["test"]["recall@10"], base["test"]["recall@10"]
+    for name, base_name, ratio in kmeans_ratios(payload):
+        a, b = sets[name]["test"]["recall@10"], sets[base_name]["test"]["recall@10"]
         se = ratio * math.hypot(a["se"] / a["mean"], b["se"] / b["mean"]) if a["mean"] and b["mean"] else float("nan")
-        print(f"Recall@10 {name} / rkmeans (same evaluation): {ratio:.3f} ± {se:.3f}")
+        print(f"Recall@10 {name} / {base_name} (same evaluation): {ratio:.3f} ± {se:.3f}")
     print()
     _print_table(coherence_rows(payload, prefix))
     return 0

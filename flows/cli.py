@@ -144,7 +144,9 @@ def _add_evaluate(sub) -> None:
                                     "item's ID, beam search constrained to valid IDs, Recall/NDCG@5/10 over all users. Writes RUN/eval/EVAL_ID/.")
     ev.add_argument("run", metavar="RUN_PREFIX", help="a published run prefix OUT/NAME/RUN_ID (local or s3://)")
     ev.add_argument("--interactions", required=True, help="user sequences: a user_sequence.txt-style file (user then items in time order per line) or a .parquet/.csv/.tsv table with user_id, item_id, timestamp")
-    ev.add_argument("--baselines", default="rkmeans,random", help="comma-separated baseline ID sets built from the run's embeddings: rkmeans, random; 'none' for none (default rkmeans,random)")
+    ev.add_argument("--baselines", default="rkmeans,random", help="comma-separated baseline ID sets built from the run's embeddings: rkmeans (residual k-means of the text vectors), "
+                    "rkmeans_fused (of the fused text + collaborative vectors the model was fitted on; runs built with --interactions, "
+                    "rebuilt from the same interactions file), random; 'none' for none (default rkmeans,random)")
     budget = ev.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help=f"training steps per ID set and seed (default {EVAL_DEFAULT_STEPS})")
     budget.add_argument("--time-budget", type=float, metavar="SECONDS", help="training seconds per ID set and seed, instead of --steps")

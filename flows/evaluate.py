@@ -39,7 +39,9 @@ class EvaluateParams(BaseModel):
     """A published run prefix OUT/NAME/RUN_ID (local or s3://)."""
     interactions: str
     """user_sequence.txt-style file, or a .parquet/.csv/.tsv table of user_id, item_id, timestamp."""
-    baselines: list[Literal["rkmeans", "random"]] = ["rkmeans", "random"]
+    baselines: list[Literal["rkmeans", "rkmeans_fused", "random"]] = ["rkmeans", "random"]
+    """Residual k-means of the run's text vectors; of its fused text + collaborative vectors (runs built with
+    --interactions); random codes. Same ID length and disambiguation as the run's."""
     steps: int | None = Field(None, ge=1)
     """Optimiser steps per (ID set, seed); default DEFAULT_STEPS when no time budget is given."""
     time_budget_s: float | None = Field(None, gt=0)

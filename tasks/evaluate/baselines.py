@@ -1,5 +1,9 @@
 """Baseline ID sets built from the same embeddings as the run: residual k-means and random codes.
 
+``rkmeans`` clusters the run's text vectors; ``rkmeans_fused`` (runs built with ``--interactions``)
+clusters the fused text + collaborative vectors the run's model was fitted on, so the comparison
+separates what the model adds from what the interactions add.
+
 Both use the run's L and K and the project's disambiguation
 (:func:`rqvae_core.ids.resolve_collisions`), so the only difference from the
 run's IDs is how the L codes were chosen. Residual k-means orders a collision
@@ -17,10 +21,10 @@ from rqvae_core.ids import resolve_collisions
 from rqvae_core.kmeans import residual_kmeans, squared_distances
 from tasks.evaluate.engine import IdSet
 
-BASELINES = ("rkmeans", "random")
+BASELINES = ("rkmeans", "rkmeans_fused", "random")
 
 
-def rkmeans_ids(item_ids: np.ndarray, vectors: np.ndarray, *, n_levels: int, codebook_size: int, seed: int) -> IdSet:
+def rkmeans_ids(item_ids: np.ndarray, vectors: np.ndarray, *, n_levels: int, codebook_size: int, seed: int, name: str = "rkmeans") -> IdSet:
     """``vectors``: the (rows, dim) float32 matrix, writable (as :func:`tasks.embed.vectors_matrix` returns it)."""
     rk = residual_kmeans(torch.from_numpy(np.asarray(vectors, dtype=np.float32)), n_levels=n_levels, k=codebook_size, seed=seed)
     last_book = rk.codebooks[-1]
@@ -33,7 +37,7 @@ def rkmeans_ids(item_ids: np.ndarray, vectors: np.ndarray, *, n_levels: int, cod
         item_ids=item_ids, codes=rk.codes.numpy(), distances=rk.distance.double().numpy(),
         codebook_size=codebook_size, last_level_distances=last_level_distances,
     )
-    return IdSet.from_codes(name="rkmeans", item_ids=item_ids, codes=assigned.codes, codebook_size=codebook_size)
+    return IdSet.from_codes(name=name, item_ids=item_ids, codes=assigned.codes, codebook_size=codebook_size)
 
 
 def random_ids(item_ids: np.ndarray, *, n_levels: int, codebook_size: int, seed: int) -> IdSet:
@@ -55,8 +59,9 @@ def random_ids(item_ids: np.ndarray, *, n_levels: int, codebook_size: int, seed:
 
 
 def baseline_ids(name: str, item_ids: np.ndarray, vectors: np.ndarray, *, n_levels: int, codebook_size: int, seed: int) -> IdSet:
-    if name == "rkmeans":
-        return rkmeans_ids(item_ids, vectors, n_levels=n_levels, codebook_size=codebook_size, seed=seed)
+    """``vectors``: the text vectors for ``rkmeans``, the fused ones for ``rkmeans_fused`` (unused for ``random``)."""
+    if name in ("rkmeans", "rkmeans_fused"):
+        return rkmeans_ids(item_ids, vectors, n_levels=n_levels, codebook_size=codebook_size, seed=seed, name=name)
     if name == "random":
         return random_ids(item_ids, n_levels=n_levels, codebook_size=codebook_size, seed=seed)
     raise ValueError(f"unknown baseline {name!r}; choose from {list(BASELINES)}")

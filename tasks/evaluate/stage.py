@@ -4,7 +4,9 @@
 * :func:`build_baselines` gets the run's vectors by calling the embed stage on
   the run's ``items/`` with the run's embed config and the output root's
   embedding cache (``<out>/_cache/embeddings``: unchanged items are never
-  re-embedded), then builds residual k-means / random IDs (:mod:`.baselines`).
+  re-embedded), for ``rkmeans_fused`` also the collab stage with the run's
+  interactions (checked against their recorded sha256) and settings, then
+  builds residual k-means / random IDs (:mod:`.baselines`).
 * :func:`plan_workers` resolves, once, how many Ray Train workers on which
   devices (GPU when the cluster has one; by default one worker per job up to
   the devices); evaluation.json records the result.
@@ -26,7 +28,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -37,6 +39,9 @@ from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, evaluate_ids, p
 from tasks.evaluate.interactions import Sequences
 from tasks.evaluate.report import render_html
 from tasks.progress import worker_line
+
+if TYPE_CHECKING:
+    from tasks.manifest import CollabResult, EmbedResult
 
 SUCCESS = "_SUCCESS"
 RESULTS = "results.json"
@@ -73,10 +78,10 @@ def output_root(run_prefix: str) -> str:
     return str(Path(run_prefix).resolve().parent.parent)
 
 
-def run_vectors(run_prefix: str, manifest: dict[str, Any], *, work_uri: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(item_ids, vectors, embed counts) for the run's items, via the embed stage and the run's embedding cache."""
+def run_embeddings(run_prefix: str, manifest: dict[str, Any], *, work_uri: str) -> "EmbedResult":
+    """The run's text embeddings, via the embed stage and the run's embedding cache."""
     from tasks.config import EmbedConfig
-    from tasks.embed import embed, vectors_matrix
+    from tasks.embed import embed
 
     params = manifest.get("params", {})
     if params.get("ingest", {}).get("embedding_column"):
@@ -85,20 +90,53 @@ def run_vectors(run_prefix: str, manifest: dict[str, Any], *, work_uri: str) -> 
     saved = params.get("embed", {})
     config = EmbedConfig(**{k: v for k, v in saved.items() if k in EmbedConfig.model_fields})
     cache = storage.join(output_root(run_prefix), "_cache", "embeddings")
-    done = embed(items_uri=storage.join(run_prefix, "items"), work_uri=work_uri, cache_uri=cache, config=config)
-    table = storage.read_parquet(done.embeddings)
-    counts = {"items": done.items, "embedded": done.embedded, "cache_hits": done.cache_hits}
-    return np.asarray(table["item_id"].to_pylist()), vectors_matrix(table), counts
+    return embed(items_uri=storage.join(run_prefix, "items"), work_uri=work_uri, cache_uri=cache, config=config)
+
+
+def run_fused_embeddings(run_prefix: str, manifest: dict[str, Any], text: "EmbedResult", *, work_uri: str) -> "CollabResult":
+    """The fused text + collaborative vectors the run's model was fitted on, rebuilt by the collab stage.
+
+    Only from the same interactions: the file's sha256 must match the one the run recorded.
+    """
+    from tasks.collab import collab, interactions_sha256
+    from tasks.config import CollabConfig
+
+    done = manifest.get("stages", {}).get("collab")
+    if not done:
+        raise RunNotEvaluable(f"{run_prefix} was not built with --interactions: the rkmeans_fused baseline needs its fused vectors")
+    sha = interactions_sha256(done["interactions"])
+    if sha != done["interactions_sha256"]:
+        raise RunNotEvaluable(f"{done['interactions']} changed since the run (sha256 {sha[:12]}…, the run used "
+                              f"{done['interactions_sha256'][:12]}…): the run's fused vectors cannot be rebuilt")
+    params = manifest["params"]
+    return collab(embeddings_uri=text.embeddings, embeddings_hash=text.input_hash, interactions=done["interactions"],
+                  interactions_sha256=sha, work_uri=work_uri, config=CollabConfig(**params["collab"]), seed=params["seed"])
+
+
+def run_items_matrix(uri: str, run: RunIds) -> tuple[np.ndarray, np.ndarray]:
+    """(item_ids, vectors) of the embedding parts under ``uri``, for the items that carry a run ID."""
+    from tasks.embed import vectors_matrix
+
+    table = storage.read_parquet(uri)
+    item_ids, vectors = np.asarray(table["item_id"].to_pylist()), vectors_matrix(table)
+    keep = np.isin(item_ids, run.ids.item_ids)  # quarantined items have no vector here anyway
+    return item_ids[keep], vectors[keep]
 
 
 def build_baselines(run: RunIds, run_prefix: str, names: list[str], *, seed: int, work_uri: str) -> tuple[list[IdSet], dict[str, Any]]:
     if not names:
         return [], {}
-    item_ids, vectors, counts = run_vectors(run_prefix, run.manifest, work_uri=work_uri)
-    keep = np.isin(item_ids, run.ids.item_ids)  # only items that carry a run ID (quarantined ones have no vector here anyway)
-    item_ids, vectors = item_ids[keep], vectors[keep]
-    sets = [baseline_ids(n, item_ids, vectors, n_levels=run.n_levels, codebook_size=run.ids.codebook_size, seed=seed) for n in names]
-    return sets, {"embed_counts": counts, "n_items": int(item_ids.shape[0]), "dim": int(vectors.shape[1])}
+    text = run_embeddings(run_prefix, run.manifest, work_uri=work_uri)
+    item_ids, vectors = run_items_matrix(text.embeddings, run)
+    info: dict[str, Any] = {"embed_counts": {"items": text.items, "embedded": text.embedded, "cache_hits": text.cache_hits},
+                            "n_items": int(item_ids.shape[0]), "dim": int(vectors.shape[1])}
+    inputs = {name: (item_ids, vectors) for name in names if name != "rkmeans_fused"}
+    if "rkmeans_fused" in names:
+        fused = run_fused_embeddings(run_prefix, run.manifest, text, work_uri=work_uri)
+        inputs["rkmeans_fused"] = run_items_matrix(fused.embeddings, run)
+        info["fused_dim"] = fused.dim
+    sets = [baseline_ids(n, *inputs[n], n_levels=run.n_levels, codebook_size=run.ids.codebook_size, seed=seed) for n in names]
+    return sets, info
 
 
 def ids_hash(ids: IdSet) -> str:

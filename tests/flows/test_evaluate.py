@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
+import torch
 
 from flows.cli import EVAL_DEFAULT_STEPS, main
 from flows.evaluate import DEFAULT_STEPS
@@ -118,6 +119,39 @@ def test_bad_interactions_exit_2_before_any_training(tiny_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "InteractionsError" in err and "bad.txt:2" in err
     assert not (Path(prefix) / "eval" / "bad").exists()
+
+
+def test_rkmeans_fused_baseline_rebuilds_the_vectors_a_collab_run_was_fitted_on(tiny_run, tmp_path, capsys):
+    """``rkmeans_fused`` clusters the fused text + collaborative vectors, rebuilt from the run's interactions: encoding
+    them with the run's model gives back the run's codes (the disambiguation only moves the last level)."""
+    from rqvae_core import encode_array, load_checkpoint
+    from tasks import storage
+    from tasks.evaluate import stage
+
+    text_prefix, inter = tiny_run
+    catalog = tmp_path / "shop.csv"
+    write_sample_catalog(out_path=str(catalog), n=150, seed=4)
+    out = Path(text_prefix).parent.parent  # the same output root: its embedding cache serves every item
+    retokenize(catalog=str(catalog), out=str(out), name="collab", run_id="c1", config=PipelineConfig.model_validate(TINY), interactions=inter)
+    prefix = str(out / "collab" / "c1")
+    run = stage.load_run_ids(prefix)
+    fused = stage.run_fused_embeddings(prefix, run.manifest, stage.run_embeddings(prefix, run.manifest, work_uri=str(tmp_path / "w")), work_uri=str(tmp_path / "w"))
+    item_ids, vectors = stage.run_items_matrix(fused.embeddings, run)
+    assert vectors.shape[1] == run.manifest["stages"]["collab"]["dim"] > 384
+    codes = encode_array(load_checkpoint(storage.join(prefix, "model")), torch.from_numpy(vectors)).codes.numpy()
+    published = dict(zip(run.ids.item_ids.tolist(), run.ids.codes.tolist()))
+    assert all(list(c[: run.n_levels - 1]) == published[i][: run.n_levels - 1] for i, c in zip(item_ids.tolist(), codes))
+
+    args = ["evaluate", prefix, "--interactions", inter, "--steps", "2", "--seeds", "0", "--eval-id", "f1", "--batch-size", "16",
+            "--eval-every", "2", "--val-users", "10", "--beam", "5", "--baselines", "rkmeans,rkmeans_fused"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "recall@10 run:collab/c1 / rkmeans_fused" in capsys.readouterr().out
+    ev = json.loads((Path(prefix) / "eval" / "f1" / "evaluation.json").read_text())
+    assert ev["id_sets"]["rkmeans_fused"]["kind"] == "rkmeans_fused" and ev["baseline_vectors"]["fused_dim"] == vectors.shape[1]
+    assert ev["id_sets"]["rkmeans_fused"]["sha256"] != ev["id_sets"]["rkmeans"]["sha256"]
+    # a text-only run has no fused vectors: a clear error before any training
+    assert main(["evaluate", text_prefix, "--interactions", inter, "--eval-id", "f2", "--baselines", "rkmeans_fused"]) == 2
+    assert "not built with --interactions" in capsys.readouterr().err
 
 
 def test_cli_budget_options(tmp_path, capsys):
