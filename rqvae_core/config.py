@@ -159,7 +159,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     early_stop_patience: int = 5
-    """Epochs without a relative recon improvement of ``early_stop_min_delta`` before stopping (0 = never)."""
+    """Epochs without a relative improvement of ``early_stop_min_delta`` in the fit set's eval-mode recon before stopping
+    (0 = never); the saved weights are those of the best epoch."""
     early_stop_min_delta: float = 1e-3
 
     def __post_init__(self) -> None:

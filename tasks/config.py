@@ -113,7 +113,8 @@ class FitConfig(_Strict):
     min_lr_ratio: float = Field(_TRAIN.min_lr_ratio, gt=0, le=1)
     grad_clip: float = Field(_TRAIN.grad_clip, ge=0)
     early_stop_patience: int = Field(_TRAIN.early_stop_patience, ge=0)
-    """Epochs without a relative recon improvement of ``early_stop_min_delta`` before stopping (0 = never)."""
+    """Epochs without a relative improvement of ``early_stop_min_delta`` in the fit set's eval-mode recon before stopping
+    (0 = never); the saved weights are those of the best epoch."""
     early_stop_min_delta: float = Field(_TRAIN.early_stop_min_delta, ge=0)
     num_workers: int = Field(1, ge=1)
     use_gpu: bool | Literal["auto"] = "auto"
