@@ -197,7 +197,7 @@ def fit(
             code_usage=used.float().mean(1).tolist(), eval_recon=score, nonfinite=nonfinite, **means,
         )
         result.history.append(metrics)
-        result.steps, result.kept_epoch = trainer.step_count, epoch
+        result.steps = trainer.step_count
         if score is not None and score < best:
             best, best_state, best_epoch = score, {k: v.detach().clone() for k, v in core.state_dict().items()}, epoch
         stop = bool(on_epoch_end(metrics)) if on_epoch_end else False
@@ -212,6 +212,7 @@ def fit(
             if train.early_stop_patience and stale >= train.early_stop_patience:
                 result.stopped_early = True
                 break
+    result.kept_epoch = len(result.history) - 1
     if best_state is not None and not result.history[-1].nonfinite and best_epoch != result.kept_epoch:
         core.load_state_dict(best_state)
         result.kept_epoch = best_epoch

@@ -66,7 +66,7 @@ def export(*, prefix: str, ingest: IngestResult, embed: EmbedResult, fit: FitRes
     quality["counts"] = counts
     if fit.history is not None:
         history = storage.read_json(fit.history)
-        quality["fit"] = {"epochs_run": len(history), "history": history, "stopped_early": fit.stopped_early, "kept_epoch": (fit.final or history[-1])["epoch"]}
+        quality["fit"] = {"epochs_run": len(history), "history": history, "stopped_early": fit.stopped_early, "kept_epoch": fit.final["epoch"]}
     elif fit.reused_from is not None:
         quality["fit"] = {"reused_from": fit.reused_from}
     storage.write_json(storage.join(prefix, "quality.json"), quality)
