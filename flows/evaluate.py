@@ -151,7 +151,7 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         "eval_id": eval_id,
         "run": params.run,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "interactions": {"uri": params.interactions, "sha256": stage.file_sha256(params.interactions),
+        "interactions": {"uri": storage.absolute(params.interactions), "sha256": stage.file_sha256(params.interactions),
                          "users": len(sequences.users), "interactions": sequences.n_interactions},
         "config": {**config.to_dict(), "seeds": list(params.seeds), "baselines": list(params.baselines),
                    "num_workers": plan.num_workers if plan else None, "use_gpu": plan.use_gpu if plan else None,

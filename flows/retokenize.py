@@ -173,6 +173,7 @@ def retokenize(
     """
     catalog, out = expand_env(catalog, "catalog"), expand_env(out, "out")
     name = check_safe("catalog name", expand_env(name, "name") or default_name(catalog))
+    catalog, interactions = storage.absolute(catalog), storage.absolute(interactions) if interactions else None
     run_id = check_safe("run id", run_id or slot_run_id())
     logger = get_run_logger()
     catalog_prefix = storage.join(out, name)

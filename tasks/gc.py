@@ -15,7 +15,6 @@ while any remaining run of any catalog there uses its (model, text hash).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 
@@ -106,12 +105,8 @@ def _used_cache_hashes(out: str, removed: set[str]) -> dict[str, set[str]]:
             cache_dir = embed.get("cache") or embed.get("outputs", {}).get("cache")  # "outputs": runs before typed stage results
             if cache_dir:
                 hashes = storage.read_parquet(storage.join(run.prefix, "semantic_ids")).column("text_hash").to_pylist()
-                used[_norm(cache_dir)].update(hashes)
+                used[storage.absolute(cache_dir)].update(hashes)
     return used
-
-
-def _norm(uri: str) -> str:
-    return uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
 
 
 def _collect_cache(out: str, used: dict[str, set[str]], *, min_age_hours: float, dry_run: bool, report: GcReport) -> None:
@@ -123,7 +118,7 @@ def _collect_cache(out: str, used: dict[str, set[str]], *, min_age_hours: float,
         if not fs.isdir(entry):
             continue
         model_dir = storage.join(cache_root, entry.rstrip("/").rsplit("/", 1)[-1])
-        wanted = used.get(_norm(model_dir), set())
+        wanted = used.get(storage.absolute(model_dir), set())
         for part in cache_parts(model_dir):
             if _age_hours(part) < min_age_hours:  # possibly written by a run in progress elsewhere
                 report.cache_entries_kept += pq.ParquetFile(storage.filesystem(part)[1], filesystem=fs).metadata.num_rows

@@ -54,6 +54,12 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, os.path.abspath(uri)
 
 
+def absolute(uri: str) -> str:
+    """The URI as recorded in manifests: S3 as given (no trailing slash), local paths absolute, so a run's
+    record still names the same file when it is read from another working directory."""
+    return uri.rstrip("/") if is_s3(uri) else os.path.abspath(uri)
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts under a URI (posix separators for S3, OS ones locally)."""
     if is_s3(uri):

@@ -121,9 +121,10 @@ def test_bad_interactions_exit_2_before_any_training(tiny_run, tmp_path, capsys)
     assert not (Path(prefix) / "eval" / "bad").exists()
 
 
-def test_rkmeans_fused_baseline_rebuilds_the_vectors_a_collab_run_was_fitted_on(tiny_run, tmp_path, capsys):
+def test_rkmeans_fused_baseline_rebuilds_the_vectors_a_collab_run_was_fitted_on(tiny_run, tmp_path, capsys, monkeypatch):
     """``rkmeans_fused`` clusters the fused text + collaborative vectors, rebuilt from the run's interactions: encoding
-    them with the run's model gives back the run's codes (the disambiguation only moves the last level)."""
+    them with the run's model gives back the run's codes (the disambiguation only moves the last level). The run is
+    given a relative interactions path and evaluated from another directory: the record names the file absolutely."""
     from rqvae_core import encode_array, load_checkpoint
     from tasks import storage
     from tasks.evaluate import stage
@@ -132,12 +133,16 @@ def test_rkmeans_fused_baseline_rebuilds_the_vectors_a_collab_run_was_fitted_on(
     catalog = tmp_path / "shop.csv"
     write_sample_catalog(out_path=str(catalog), n=150, seed=4)
     out = Path(text_prefix).parent.parent  # the same output root: its embedding cache serves every item
-    retokenize(catalog=str(catalog), out=str(out), name="collab", run_id="c1", config=PipelineConfig.model_validate(TINY), interactions=inter)
+    monkeypatch.chdir(Path(inter).parent)
+    retokenize(catalog=str(catalog), out=str(out), name="collab", run_id="c1", config=PipelineConfig.model_validate(TINY),
+               interactions=Path(inter).name)
+    monkeypatch.chdir(tmp_path)
     prefix = str(out / "collab" / "c1")
     run = stage.load_run_ids(prefix)
     fused = stage.run_fused_embeddings(prefix, run.manifest, stage.run_embeddings(prefix, run.manifest, work_uri=str(tmp_path / "w")), work_uri=str(tmp_path / "w"))
     item_ids, vectors = stage.run_items_matrix(fused.embeddings, run)
     assert vectors.shape[1] == run.manifest["stages"]["collab"]["dim"] > 384
+    assert run.manifest["stages"]["collab"]["interactions"] == inter
     codes = encode_array(load_checkpoint(storage.join(prefix, "model")), torch.from_numpy(vectors)).codes.numpy()
     published = dict(zip(run.ids.item_ids.tolist(), run.ids.codes.tolist()))
     assert all(list(c[: run.n_levels - 1]) == published[i][: run.n_levels - 1] for i, c in zip(item_ids.tolist(), codes))
