@@ -93,6 +93,10 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         # A cluster of our own (the keeper uses address="local": ray.init() would otherwise join any Ray
         # already running on the host, whose shutdown then kills this run's work).
         local = ray_local.start(num_cpus)
+        # Workers are told their cluster's address: Ray Train's placement-group cleaner looks the cluster up
+        # without one and, with a second Ray on the host (another run, a test), fails with "Found multiple
+        # active Ray instances", leaving that run's placement groups to leak if its controller dies.
+        runtime_env["env_vars"]["RAY_ADDRESS"] = local.address
         try:
             ray.init(address=local.address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=True)
         except BaseException:
