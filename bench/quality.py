@@ -99,7 +99,7 @@ def main() -> int:
     from flows.evaluate import EvaluateParams, evaluate
     from flows.retokenize import retokenize
     from tasks.config import load_config
-    from tasks.evaluate.report import kmeans_ratios
+    from tasks.evaluate.report import kmeans_ratios, paired_lines
 
     t0 = time.perf_counter()
     prefix = args.run
@@ -126,6 +126,8 @@ def main() -> int:
         a, b = sets[name]["test"]["recall@10"], sets[base_name]["test"]["recall@10"]
         se = ratio * math.hypot(a["se"] / a["mean"], b["se"] / b["mean"]) if a["mean"] and b["mean"] else float("nan")
         print(f"Recall@10 {name} / {base_name} (same evaluation): {ratio:.3f} ± {se:.3f}")
+    for line in paired_lines(payload):
+        print(line)
     print()
     _print_table(coherence_rows(payload, prefix))
     return 0

@@ -22,7 +22,7 @@ from tasks import storage
 from tasks.evaluate import stage
 from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet
 from tasks.evaluate.interactions import Sequences, read_interactions, restrict_to_known
-from tasks.evaluate.report import markdown_table, summarize_id_set
+from tasks.evaluate.report import markdown_table, paired_section, summarize_id_set
 from tasks.evaluate.retriever import RetrieverConfig
 from tasks.logs import stage_logger
 from tasks.ray_runtime import ray_session
@@ -120,8 +120,8 @@ def train_task(id_sets: list[IdSet], sequences: Sequences, params: EvaluateParam
 
 
 @task(name="evaluate-report", cache_policy=NO_CACHE)
-def report_task(eval_uri: str, payload: dict[str, Any]) -> str:
-    stage.write_evaluation(eval_uri, payload)
+def report_task(eval_uri: str, payload: dict[str, Any], results: list[EvalResult]) -> str:
+    stage.write_evaluation(eval_uri, payload, stage.ranks_table(results))
     create_markdown_artifact(key="semid-evaluation", markdown=markdown_table(payload), description=f"semid evaluate {eval_uri}")
     return eval_uri
 
@@ -159,11 +159,12 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         "baseline_vectors": vectors_info,
         "id_sets": {},
     }
+    by_set = {ids.name: [r for r in results if r.name == ids.name] for ids in id_sets}
     for ids in id_sets:
-        mine = [r for r in results if r.name == ids.name]
         payload["id_sets"][ids.name] = summarize_id_set(kind=kinds[ids.name], sha256=stage.ids_hash(ids), n_items=len(ids.item_ids),
-                                                        dropped=dropped[ids.name], results=mine)
+                                                        dropped=dropped[ids.name], results=by_set[ids.name])
+    payload["paired"] = paired_section(by_set, kinds)
     payload["n_users"] = next(iter(payload["id_sets"].values()))["n_users"]
     payload["wall_seconds"] = round(time.perf_counter() - t0, 3)
-    report_task(eval_uri, payload)
+    report_task(eval_uri, payload, results)
     return payload

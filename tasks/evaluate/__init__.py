@@ -17,13 +17,14 @@ its worker. From a script::
     runs = [evaluate_ids(ids, data, config=cfg, seed=s, log=print) for s in (0, 1)]
     print(runs[0].metrics["test"]["recall@10"])   # Metric(mean=..., se=...) over users
     print(combine(runs)["recall@10"])             # mean over seeds, s.e. over users and seeds
+    # another ID set's runs on the same users and seeds: paired_difference(runs, other)["recall@10"]
 
 Modules: :mod:`.interactions` (reading, unknown items), :mod:`.split`
 (leave-one-out), :mod:`.retriever` (T5 over ID tokens), :mod:`.beam`
 (constrained beam search), :mod:`.metrics`, :mod:`.engine` (training loop).
 """
 
-from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, PreparedData, combine, evaluate_ids, prepare
+from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, PreparedData, combine, evaluate_ids, paired_difference, prepare
 from tasks.evaluate.interactions import DroppedReport, InteractionsError, Sequences, read_interactions
 from tasks.evaluate.metrics import Metric
 from tasks.evaluate.retriever import RetrieverConfig
@@ -39,6 +40,7 @@ __all__ = [
     "RetrieverConfig",
     "Sequences",
     "combine",
+    "paired_difference",
     "evaluate_ids",
     "prepare",
     "read_interactions",

@@ -120,9 +120,16 @@ class EvalResult:
     n_users: int
     n_train_examples: int
     device: str
+    test_users: tuple[str, ...] = ()
+    """The scored users (ids from the interactions), in the order of ``test_ranks``; empty on DDP ranks > 0."""
+    test_ranks: tuple[int, ...] = ()
+    """0-based rank of each test user's held-out item in the beam (-1: not returned). Kept so that two ID sets
+    scored on the same users can be compared user by user (:func:`paired_difference`), which the spread of
+    per-user hits, shared by every ID set, would otherwise drown."""
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, *, ranks: bool = True) -> dict:
+        """``ranks=False``: without the per-user lists (evaluation.json keeps them in test_ranks.parquet)."""
+        out = {
             "name": self.name,
             "seed": self.seed,
             "metrics": {s: {m: v.to_dict() for m, v in ms.items()} for s, ms in self.metrics.items()},
@@ -137,12 +144,16 @@ class EvalResult:
             "n_train_examples": self.n_train_examples,
             "device": self.device,
         }
+        if ranks:
+            out |= {"test_users": list(self.test_users), "test_ranks": list(self.test_ranks)}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "EvalResult":
         d = dict(d)
         d["metrics"] = {s: {m: M.Metric(**v) for m, v in ms.items()} for s, ms in d["metrics"].items()}
         d["curve"] = [CurvePoint(**p) for p in d["curve"]]
+        d["test_users"], d["test_ranks"] = tuple(d.get("test_users", ())), tuple(d.get("test_ranks", ()))
         return cls(**d)
 
 
@@ -152,7 +163,11 @@ class PreparedData:
 
     split: Split
     dropped: DroppedReport
-    n_users: int
+    users: tuple[str, ...]  # user ids, one per user row of ``split``
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
 
 
 def prepare(ids: IdSet, sequences: Sequences, *, max_history: int = 20) -> PreparedData:
@@ -164,7 +179,7 @@ def prepare(ids: IdSet, sequences: Sequences, *, max_history: int = 20) -> Prepa
     if not kept.users:
         raise ValueError(f"ID set {ids.name!r}: no user has >= 3 items with an ID ({dropped.to_dict()})")
     seqs = [np.fromiter((row[it] for it in s), dtype=np.int32, count=len(s)) for s in kept.items]
-    return PreparedData(split=leave_one_out(seqs, max_history=max_history), dropped=dropped, n_users=len(seqs))
+    return PreparedData(split=leave_one_out(seqs, max_history=max_history), dropped=dropped, users=tuple(kept.users))
 
 
 def resolve_device(pref: str) -> str:
@@ -196,9 +211,10 @@ def rank_items(model, trie: IdTrie, tokens: torch.Tensor, examples: Examples, *,
     return out
 
 
-def score(model, trie: IdTrie, tokens: torch.Tensor, examples: Examples, *, config: EvalConfig, device: str) -> dict[str, M.Metric]:
+def score(model, trie: IdTrie, tokens: torch.Tensor, examples: Examples, *, config: EvalConfig, device: str) -> np.ndarray:
+    """(n,) 0-based rank of each example's target in the constrained beam, -1 when it is not returned."""
     ranked = rank_items(model, trie, tokens, examples, beam=config.beam, batch_users=config.eval_batch_size, device=device)
-    return M.summarize(M.target_ranks(ranked, examples.target))
+    return M.target_ranks(ranked, examples.target)
 
 
 def _batches(n: int, *, batch_size: int, lengths: np.ndarray, rng: np.random.Generator):
@@ -291,7 +307,7 @@ def evaluate_ids(
         if step % config.eval_every == 0 or out_of_budget:
             if rank == 0:
                 te = time.perf_counter()
-                val = score(model, trie, tokens, val_sub, config=config, device=device)
+                val = M.summarize(score(model, trie, tokens, val_sub, config=config, device=device))
                 eval_time += time.perf_counter() - te
                 curve.append(CurvePoint(step=step, seconds=round(elapsed, 3), train_loss=float(np.mean(losses)),
                                         val_recall_10=val["recall@10"].mean, val_ndcg_10=val["ndcg@10"].mean))
@@ -315,11 +331,13 @@ def evaluate_ids(
 
     te = time.perf_counter()
     results: dict[str, dict[str, M.Metric]] = {}
+    test_ranks = np.zeros(0, dtype=np.int64)
     if rank == 0:
         model.load_state_dict(best[2])
+        test_ranks = score(model, trie, tokens, split.test, config=config, device=device)
         results = {
-            "validation": score(model, trie, tokens, split.validation, config=config, device=device),
-            "test": score(model, trie, tokens, split.test, config=config, device=device),
+            "validation": M.summarize(score(model, trie, tokens, split.validation, config=config, device=device)),
+            "test": M.summarize(test_ranks),
         }
         log(f"{ids.name} seed {seed}: best step {best[1]}, test R@10 {results['test']['recall@10'].mean:.4f} ± {results['test']['recall@10'].se:.4f}")
     return EvalResult(
@@ -336,9 +354,33 @@ def evaluate_ids(
         n_users=data.n_users,
         n_train_examples=n_train,
         device=device,
+        test_users=data.users if rank == 0 else (),
+        test_ranks=tuple(int(r) for r in test_ranks),
     )
 
 
 def combine(results: list[EvalResult], split: str = "test") -> dict[str, M.Metric]:
     """One ID set's metrics over seeds (mean over seeds, combined s.e.; see :mod:`tasks.evaluate.metrics`)."""
     return {m: M.combine_seeds([r.metrics[split][m] for r in results]) for m in M.METRICS}
+
+
+def paired_difference(a: list[EvalResult], b: list[EvalResult]) -> dict[str, M.Metric]:
+    """Test metrics of ID set ``a`` minus ``b``, user by user within each seed both share, combined over those seeds.
+
+    Both sets are scored on the same users (same interactions and items), so the per-user difference cancels
+    what makes a user easy or hard for any ID set; its s.e. is the one to judge "a beats b" by."""
+    by_seed = {r.seed: r for r in b}
+    per_seed: dict[str, list[M.Metric]] = {m: [] for m in M.METRICS}
+    for ra in a:
+        rb = by_seed.get(ra.seed)
+        if rb is None:
+            continue
+        common, ia, ib = np.intersect1d(np.asarray(ra.test_users, dtype=str), np.asarray(rb.test_users, dtype=str), return_indices=True)
+        if not common.size:
+            raise ValueError(f"{ra.name} and {rb.name} (seed {ra.seed}) have no scored user in common")
+        ua, ub = M.per_user(np.asarray(ra.test_ranks)[ia]), M.per_user(np.asarray(rb.test_ranks)[ib])
+        for m in M.METRICS:
+            per_seed[m].append(M.mean_se(ua[m] - ub[m]))
+    if not per_seed[M.METRICS[0]]:
+        raise ValueError("no seed scored for both ID sets")
+    return {m: M.combine_seeds(v) for m, v in per_seed.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from tasks.evaluate.engine import EvalResult, combine
+from tasks.evaluate.engine import EvalResult, combine, paired_difference
 from tasks.evaluate.metrics import METRICS
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -27,8 +27,29 @@ def summarize_id_set(*, kind: str, sha256: str, n_items: int, dropped: dict[str,
         "train_seconds": round(sum(r.train_seconds for r in results), 3),
         "eval_seconds": round(sum(r.eval_seconds for r in results), 3),
         "cpu_seconds": round(sum(r.cpu_seconds for r in results), 3),
-        "runs": [r.to_dict() for r in results],
+        "runs": [r.to_dict(ranks=False) for r in results],
     }
+
+
+def paired_section(results: dict[str, list[EvalResult]], kinds: dict[str, str]) -> list[dict[str, Any]]:
+    """The run's test metrics minus each baseline's, paired by user within each seed (evaluation.json's ``paired``)."""
+    out = []
+    for name in (n for n, k in kinds.items() if k == "run"):
+        for base in (n for n, k in kinds.items() if k != "run"):
+            seeds = sorted({r.seed for r in results[name]} & {r.seed for r in results[base]})
+            diff = paired_difference(results[name], results[base])
+            out.append({"id_set": name, "baseline": base, "seeds": seeds, "test": {m: v.to_dict() for m, v in diff.items()}})
+    return out
+
+
+def paired_lines(payload: dict[str, Any], *, metric: str = "recall@10") -> list[str]:
+    """One line per (run, baseline): the paired difference and how many standard errors it is."""
+    lines = []
+    for p in payload.get("paired", []):
+        d = p["test"][metric]
+        z = f" ({d['mean'] / d['se']:+.1f} s.e.)" if d["se"] > 0 else ""
+        lines.append(f"{metric} {p['id_set']} - {p['baseline']}, paired by user: {d['mean']:+.4f} ± {d['se']:.4f}{z}")
+    return lines
 
 
 def ratio_vs(payload: dict[str, Any], *, baseline: str = "rkmeans", metric: str = "recall@10") -> dict[str, float]:
@@ -64,7 +85,7 @@ def text_table(payload: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     for name, base, ratio in kmeans_ratios(payload):
         lines.append(f"recall@10 {name} / {base} = {ratio:.3f}")
-    return "\n".join(lines)
+    return "\n".join(lines + paired_lines(payload))
 
 
 def markdown_table(payload: dict[str, Any]) -> str:
@@ -76,6 +97,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     for name, base, ratio in kmeans_ratios(payload):
         out.append(f"\nrecall@10 `{name}` / {base} = **{ratio:.3f}**")
+    out += [f"\n{line}" for line in paired_lines(payload)]
     return "\n".join(out)
 
 
@@ -113,6 +135,7 @@ def render_html(payload: dict[str, Any]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     ratios = "".join(f"<p>recall@10 <b>{html.escape(n)}</b> / {b} = <b>{r:.3f}</b></p>" for n, b, r in kmeans_ratios(payload))
+    ratios += "".join(f"<p>{html.escape(line)}</p>" for line in paired_lines(payload))
     inter = payload["interactions"]
     dropped = "".join(
         f"<li>{html.escape(n)}: {v['dropped']['unknown_interactions']} interactions with {v['dropped']['unknown_items']} unknown items dropped"

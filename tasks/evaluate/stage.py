@@ -16,8 +16,10 @@
   workers (``parallel="jobs"``: two cores, two jobs at once) or each job trains
   data-parallel on all of them (``parallel="ddp"``); rank 0 gathers the results
   and returns them as JSON in its checkpoint.
-* :func:`write_evaluation` writes ``evaluation.json``, ``evaluation.html`` and
-  ``_SUCCESS`` last under ``<run>/eval/<eval_id>/`` (local or s3://).
+* :func:`write_evaluation` writes ``evaluation.json``, ``evaluation.html``,
+  ``test_ranks.parquet`` (each test user's rank per ID set and seed, so that
+  evaluations can be compared user by user later) and ``_SUCCESS`` last under
+  ``<run>/eval/<eval_id>/`` (local or s3://).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import pyarrow as pa
 
 from tasks import storage
 from tasks.errors import BadInput
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 
 SUCCESS = "_SUCCESS"
 RESULTS = "results.json"
+RANKS = "test_ranks.parquet"
 
 
 class RunNotEvaluable(BadInput):
@@ -255,9 +259,21 @@ def train_and_score_in_process(id_sets: list[IdSet], sequences: Sequences, *, co
 # --------------------------------------------------------------------------- output
 
 
-def write_evaluation(eval_uri: str, payload: dict[str, Any]) -> str:
-    """evaluation.json, evaluation.html, then _SUCCESS (readers trust only a folder that has it)."""
+def ranks_table(results: list[EvalResult]) -> pa.Table:
+    """(id_set, seed, user, rank) for every scored test user: rank is 0-based in the beam, -1 when not returned."""
+    n = [len(r.test_ranks) for r in results]
+    return pa.table({
+        "id_set": pa.array([r.name for r, k in zip(results, n) for _ in range(k)], pa.string()),
+        "seed": pa.array(np.repeat([r.seed for r in results], n), pa.int64()),
+        "user": pa.array([u for r in results for u in r.test_users], pa.string()),
+        "rank": pa.array([x for r in results for x in r.test_ranks], pa.int32()),
+    })
+
+
+def write_evaluation(eval_uri: str, payload: dict[str, Any], ranks: pa.Table) -> str:
+    """evaluation.json, evaluation.html, test_ranks.parquet, then _SUCCESS (readers trust only a folder that has it)."""
     storage.remove(eval_uri)  # a half-written earlier attempt of this eval id
+    storage.write_parquet(ranks, storage.join(eval_uri, RANKS))
     storage.write_json(storage.join(eval_uri, "evaluation.json"), payload)
     storage.write_bytes(storage.join(eval_uri, "evaluation.html"), render_html(payload).encode())
     storage.write_bytes(storage.join(eval_uri, SUCCESS), b"")

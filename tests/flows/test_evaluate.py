@@ -71,6 +71,20 @@ def test_cli_evaluates_run_and_baselines_on_ray_train_workers(tiny_run, capsys):
     assert ev["baseline_vectors"]["embed_counts"]["embedded"] == 0, "the run's embedding cache serves every item"
     page = (folder / "evaluation.html").read_text()
     assert "<svg" in page and "rkmeans" in page and "NDCG@10" in page
+    # every test user's rank per ID set and seed, and the run minus each baseline paired by user
+    import pyarrow.parquet as pq
+
+    from tasks.evaluate.metrics import per_user
+
+    ranks = pq.read_table(folder / "test_ranks.parquet").to_pandas()
+    assert len(ranks) == 3 * 80 and set(ranks["id_set"]) == set(ev["id_sets"]) and "test_ranks" not in ev["id_sets"]["rkmeans"]["runs"][0]
+    for name, v in ev["id_sets"].items():
+        assert per_user(ranks[ranks["id_set"] == name]["rank"].to_numpy())["recall@10"].mean() == pytest.approx(v["test"]["recall@10"]["mean"])
+    assert [(p["id_set"], p["baseline"], p["seeds"]) for p in ev["paired"]] == [("run:shop/r1", "rkmeans", [0]), ("run:shop/r1", "random", [0])]
+    for p in ev["paired"]:
+        run_m, base_m = (ev["id_sets"][p[k]]["test"]["ndcg@10"]["mean"] for k in ("id_set", "baseline"))
+        assert p["test"]["ndcg@10"]["mean"] == pytest.approx(run_m - base_m, abs=1e-12)
+    assert "recall@10 run:shop/r1 - random, paired by user" in out
     # the log sits beside the run's own, one file per (run, eval id)
     log = Path(prefix).parent / "_logs" / "r1-evaluate-e1.log"
     assert log.stat().st_size > 0

@@ -56,3 +56,36 @@ def test_combine_seeds():
     assert c.mean == pytest.approx(0.15)
     assert c.se == pytest.approx(math.sqrt((0.01**2 + 0.02**2) / 2 + np.var([0.1, 0.2], ddof=1) / 2))
     assert M.combine_seeds([M.Metric(0.3, 0.05)]) == M.Metric(0.3, 0.05)
+
+
+def _result(name: str, seed: int, users: list[str], ranks: list[int]):
+    from tasks.evaluate.engine import EvalResult
+
+    return EvalResult(name=name, seed=seed, metrics={}, curve=[], steps=1, best_step=1, stopped="budget", train_seconds=0.0,
+                      eval_seconds=0.0, cpu_seconds=0.0, n_users=len(users), n_train_examples=1, device="cpu",
+                      test_users=tuple(users), test_ranks=tuple(ranks))
+
+
+def test_paired_difference_matches_users_by_id_within_each_shared_seed():
+    from tasks.evaluate.engine import paired_difference
+
+    # seed 0: b lists the same users in another order plus one a lacks; seed 1: both; seed 2: only a (ignored)
+    a = [_result("a", 0, ["u1", "u2", "u3"], [0, -1, 12]), _result("a", 1, ["u1", "u2"], [4, 9]), _result("a", 2, ["u1"], [0])]
+    b = [_result("b", 0, ["u3", "x", "u1", "u2"], [2, 0, -1, 3]), _result("b", 1, ["u1", "u2"], [-1, 0])]
+    d = paired_difference(a, b)
+    # recall@10 differences, user by user: seed 0 u1 1-0, u2 0-1, u3 0-1; seed 1 u1 1-0, u2 1-1
+    s0, s1 = np.array([1.0, -1.0, -1.0]), np.array([1.0, 0.0])
+    se = [x.std(ddof=1) / math.sqrt(x.size) for x in (s0, s1)]
+    means = np.array([s0.mean(), s1.mean()])
+    assert d["recall@10"].mean == pytest.approx(means.mean())
+    assert d["recall@10"].se == pytest.approx(math.sqrt(np.mean(np.square(se)) + means.var(ddof=1) / 2))
+    # ndcg@5 = 1/log2(rank+2) inside the top 5: seed 0 u1 1-0, u2 0-1/log2(5), u3 0-1/log2(4) (rank 12 is outside);
+    # seed 1 u1 1/log2(6)-0, u2 0-1 (rank 9 is outside)
+    seed0 = (1 - 1 / math.log2(5) - 1 / math.log2(4)) / 3
+    seed1 = (1 / math.log2(6) - 1) / 2
+    assert d["ndcg@5"].mean == pytest.approx((seed0 + seed1) / 2)
+    # an ID set against itself: exactly zero, with zero error
+    same = paired_difference(a, a)
+    assert all(v.mean == 0 and v.se == 0 for v in same.values())
+    with pytest.raises(ValueError, match="no seed"):
+        paired_difference(a[2:], b)
