@@ -14,6 +14,7 @@ process tree (Ray workers included, sampled from /proc), quality.json headline.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -148,29 +149,31 @@ def main() -> None:
     args = p.parse_args()
     if not Path(args.catalog).exists() and "://" not in args.catalog:
         sys.exit(f"catalog {args.catalog} not found (../shared beside the checkout?)")
+    from _terminal import figures_only
     from prefect.testing.utilities import prefect_test_harness
 
-    with tempfile.TemporaryDirectory(prefix="semid-bench-") as tmp, prefect_test_harness(server_startup_timeout=120):
+    with figures_only("pipeline") as terminal, tempfile.TemporaryDirectory(prefix="semid-bench-") as tmp, prefect_test_harness(server_startup_timeout=120):
+        say = functools.partial(print, file=terminal)
         result, flow_s, flow_peak = run_flow(args.catalog, tmp, args.overrides)
         prefix = result["prefix"]
         manifest = json.loads(Path(prefix, "manifest.json").read_text())
         quality = json.loads(Path(prefix, "quality.json").read_text())
-        print(f"pipeline bench: {args.catalog}  overrides={args.overrides}")
-        print(f"counts: {manifest['counts']}  quarantine: {manifest['quarantine_reasons']}")
-        print(f"flow wall time {flow_s:.1f} s, peak RSS (process tree) {flow_peak / 2**20:.0f} MiB")
-        print("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in manifest["timings"].items()))
+        say(f"pipeline bench: {args.catalog}  overrides={args.overrides}")
+        say(f"counts: {manifest['counts']}  quarantine: {manifest['quarantine_reasons']}")
+        say(f"flow wall time {flow_s:.1f} s, peak RSS (process tree) {flow_peak / 2**20:.0f} MiB")
+        say("stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in manifest["timings"].items()))
         fit_info = manifest["stages"]["fit"]
-        print(f"fit: {fit_info['epochs_run']} epochs run, stopped early: {fit_info['stopped_early']}, saved epoch {(fit_info.get('final') or {}).get('epoch', -1) + 1}")
-        print(f"quality: unique-tuple rate {quality['unique_tuple_rate']:.4f}, largest collision group {quality['largest_collision_group']}, "
-              f"active codes per level {[lv['active_codes'] for lv in quality['levels']]}, recon cosine {quality['recon_cosine']:.4f}, "
-              f"recon mse {quality['recon_mse']:.6f}, prefix coherence {[round(v, 3) for v in quality['prefix_coherence']]}")
+        say(f"fit: {fit_info['epochs_run']} epochs run, stopped early: {fit_info['stopped_early']}, saved epoch {(fit_info.get('final') or {}).get('epoch', -1) + 1}")
+        say(f"quality: unique-tuple rate {quality['unique_tuple_rate']:.4f}, largest collision group {quality['largest_collision_group']}, "
+            f"active codes per level {[lv['active_codes'] for lv in quality['levels']]}, recon cosine {quality['recon_cosine']:.4f}, "
+            f"recon mse {quality['recon_mse']:.6f}, prefix coherence {[round(v, 3) for v in quality['prefix_coherence']]}")
         if not args.no_baseline:
             # the work area is removed after publishing; the published copy of the items is the same file
             items_uri = str(Path(prefix, "items", "part-00000.parquet"))
             base, base_s, base_peak = run_baseline(items_uri, args.overrides)
-            print(f"baseline (one process, no Ray/Prefect): {base_s:.1f} s, peak RSS {base_peak / 2**20:.0f} MiB, "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in base["timings"].items()) + f", unique-tuple rate {base['unique_tuple_rate']:.4f}")
-            print(f"ratio flow/baseline wall time: {flow_s / base_s:.2f}x")
+            say(f"baseline (one process, no Ray/Prefect): {base_s:.1f} s, peak RSS {base_peak / 2**20:.0f} MiB, "
+                + ", ".join(f"{k} {v:.1f}" for k, v in base["timings"].items()) + f", unique-tuple rate {base['unique_tuple_rate']:.4f}")
+            say(f"ratio flow/baseline wall time: {flow_s / base_s:.2f}x")
 
 
 if __name__ == "__main__":

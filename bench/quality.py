@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,10 +69,10 @@ def coherence_rows(payload: dict, run_prefix: str) -> list[list[str]]:
     return rows
 
 
-def _print_table(rows: list[list[str]]) -> None:
+def _print_table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=out)
 
 
 def main() -> int:
@@ -92,7 +93,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.run and args.collab:
         ap.error("--collab builds a run; an existing --run already has (or lacks) its interactions")
+    from _terminal import figures_only
 
+    with figures_only("quality") as out:
+        return measure(args, out)
+
+
+def measure(args: argparse.Namespace, out: TextIO) -> int:
     import torch
 
     torch.set_num_threads(1)
@@ -114,22 +121,22 @@ def main() -> int:
     payload = evaluate(EvaluateParams(run=prefix, interactions=args.interactions, baselines=args.baselines.split(","),
                                       steps=args.steps, seeds=seeds, num_workers=args.num_workers, in_process=args.in_process))
     print(f"\nrun {prefix} (pipeline {pipeline_s:.0f} s); evaluation {payload['eval_id']} ({payload['wall_seconds']:.0f} s), "
-          f"{payload['n_users']} users, seeds {seeds}, {args.steps} steps x batch {payload['config']['batch_size']}, torch {torch.get_num_threads()} thread(s)\n")
+          f"{payload['n_users']} users, seeds {seeds}, {args.steps} steps x batch {payload['config']['batch_size']}, torch {torch.get_num_threads()} thread(s)\n", file=out)
     rows = [["ID set", "R@5", "R@10", "N@5", "N@10", "steps", "train s", "eval s", "cpu s"]]
     for name, v in payload["id_sets"].items():
         t = v["test"]
         rows.append([name, *[f"{t[m]['mean']:.4f} ± {t[m]['se']:.4f}" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")],
                      "/".join(map(str, v["steps"])), f"{v['train_seconds']:.0f}", f"{v['eval_seconds']:.0f}", f"{v['cpu_seconds']:.0f}"])
-    _print_table(rows)
+    _print_table(rows, out)
     sets = payload["id_sets"]
     for name, base_name, ratio in kmeans_ratios(payload):
         a, b = sets[name]["test"]["recall@10"], sets[base_name]["test"]["recall@10"]
         se = ratio * math.hypot(a["se"] / a["mean"], b["se"] / b["mean"]) if a["mean"] and b["mean"] else float("nan")
-        print(f"Recall@10 {name} / {base_name} (same evaluation): {ratio:.3f} ± {se:.3f}")
+        print(f"Recall@10 {name} / {base_name} (same evaluation): {ratio:.3f} ± {se:.3f}", file=out)
     for line in paired_lines(payload):
-        print(line)
-    print()
-    _print_table(coherence_rows(payload, prefix))
+        print(line, file=out)
+    print(file=out)
+    _print_table(coherence_rows(payload, prefix), out)
     return 0
 
 

@@ -101,8 +101,11 @@ def main() -> None:
     args = p.parse_args()
     sets = DEFAULT_SETS if args.overrides is None else args.overrides
     if args.child:
+        from _terminal import figures_only
+
         catalog, out, result = args.child
-        Path(result).write_text(json.dumps(run_one(catalog, out, sets)))
+        with figures_only("scale"):
+            Path(result).write_text(json.dumps(run_one(catalog, out, sets)))
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
@@ -113,7 +116,7 @@ def main() -> None:
             print(f"{n:>10,} items: catalog written in {time.perf_counter() - t0:.0f} s ({catalog.stat().st_size / 2**20:.0f} MiB)", flush=True)
             result = Path(tmp, "result.json")
             cmd = [sys.executable, __file__, "--child", str(catalog), str(Path(tmp, "out")), str(result), *[f"--set={s}" for s in sets]]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if os.environ.get("SCALE_QUIET") else None)
+            subprocess.run(cmd, check=True)
             r = json.loads(result.read_text())
         rows.append((n, r))
         t = r["timings"]
