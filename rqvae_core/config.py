@@ -49,8 +49,6 @@ class RQVAEConfig:
     codebooks raised the reconstruction error above its starting value (lr 1e-5 and 1e-4) while the EMA
     codebooks lowered it and kept more distinct prefixes; downstream figures in the README."""
     ema_decay: float = 0.99
-    simvq: bool = False
-    """SimVQ: a frozen random codebook times a learned linear map, so all codes move together."""
     kmeans_init: bool = True
     """Start the codebooks at k-means of the data: residual k-means of the whole fit set's latents when the
     caller passes it (:meth:`RQVAE.init_codebooks`, as the pipeline does; level 1 per ``spectral_init``), else
@@ -69,9 +67,6 @@ class RQVAEConfig:
     """Steps a code may go unused before it is re-seeded from current residuals (0 = never). Off by default:
     measured on Beauty, re-seeding every 20 steps kept all codes busy but cut the level-2 coherence from
     0.19 to 0.05; codebooks started at residual k-means of the whole set do not collapse without it."""
-    # variational bottleneck (beta-VAE), off by default
-    vae: bool = False
-    vae_beta: float = 1e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,8 +75,6 @@ class RQVAEConfig:
             raise ValueError(f"embed_dim={self.embed_dim} needs skip=false: the skip encoder's latent has the input's size ({self.input_dim})")
         if not self.skip and self.embed_dim is None:
             raise ValueError("skip=false needs embed_dim (the MLP encoder's latent size)")
-        if self.skip and self.vae:
-            raise ValueError("vae needs skip=false: the variational bottleneck samples the MLP encoder's latent")
         positive = {
             "input_dim": self.input_dim,
             "latent_dim": self.latent_dim,
@@ -95,16 +88,14 @@ class RQVAEConfig:
             raise ValueError(f"hidden_dims must all be >= 1, got {self.hidden_dims}")
         if self.quantizer not in ("ste", "rotation"):
             raise ValueError(f"quantizer must be ste or rotation, got {self.quantizer!r}")
-        if self.beta < 0 or self.vae_beta < 0:
-            raise ValueError("beta and vae_beta must be >= 0")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.spectral_neighbors < 1 or self.spectral_dims < 1 or self.spectral_rows < 2:
             raise ValueError("spectral_neighbors and spectral_dims must be >= 1, spectral_rows >= 2")
         if self.dead_code_window < 0 or self.kmeans_iters < 0:
             raise ValueError("dead_code_window and kmeans_iters must be >= 0")
-        if self.ema and self.simvq:
-            raise ValueError("simvq needs ema=false: SimVQ learns its codebook through a linear map, by gradient")
 
     @property
     def latent_dim(self) -> int:
@@ -136,8 +127,10 @@ _TRAINING_ONLY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "gr
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     """Read a ``config.json`` of an older checkpoint: drop training-only keys, refuse removed model options."""
     d = {k: v for k, v in d.items() if k not in _TRAINING_ONLY_KEYS}
-    if d.pop("cosine", False):
-        raise ValueError("this checkpoint uses cosine codebooks, an option removed after it lost in the project's measurements; refit the model")
+    for removed, what in (("cosine", "cosine codebooks"), ("simvq", "SimVQ codebooks"), ("vae", "a variational bottleneck")):
+        if d.pop(removed, False):
+            raise ValueError(f"this checkpoint uses {what}, an option removed after it lost in the project's measurements; refit the model")
+    d.pop("vae_beta", None)  # only meant something with vae
     d.setdefault("skip", False)  # checkpoints from before the skip encoder had the MLP bottleneck
     if d.get("quantizer") == "gumbel":
         d["quantizer"] = "ste"  # Gumbel only changed training; inference is the same argmin

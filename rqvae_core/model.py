@@ -15,14 +15,13 @@ from rqvae_core.quantize import ResidualQuantizer
 
 class RQVAEOutput(NamedTuple):
     recon: torch.Tensor  # (B, input_dim)
-    z: torch.Tensor  # (B, latent_dim) encoder output (the VAE sample when vae=True)
+    z: torch.Tensor  # (B, latent_dim) encoder output
     quantized: torch.Tensor  # (B, latent_dim)
     codes: torch.Tensor  # (B, L) long
     loss: torch.Tensor
     recon_loss: torch.Tensor
     codebook_loss: torch.Tensor
     commitment_loss: torch.Tensor
-    kl_loss: torch.Tensor
 
 
 class Encoded(NamedTuple):
@@ -51,16 +50,12 @@ class RQVAE(nn.Module):
         self.config = config
         c = config
         torch.manual_seed(c.seed)
-        enc_out = 2 * c.latent_dim if c.vae else c.latent_dim  # mean and log-variance for the β-VAE
-        self.encoder = mlp([c.input_dim, *c.hidden_dims, enc_out])
+        self.encoder = mlp([c.input_dim, *c.hidden_dims, c.latent_dim])
         self.decoder = mlp([c.latent_dim, *reversed(c.hidden_dims), c.input_dim])
         if c.skip:  # z = x + encoder(x), x̂ = q + decoder(q): start as the identity
             for branch in (self.encoder, self.decoder):
                 nn.init.zeros_(branch[-1].weight)
                 nn.init.zeros_(branch[-1].bias)
-        if c.vae:  # start with little sampling noise so codes can form before the KL term shapes z
-            with torch.no_grad():
-                self.encoder[-1].bias[c.latent_dim :].fill_(-6.0)
         self.quantizer = ResidualQuantizer(
             n_levels=c.n_levels,
             dim=c.latent_dim,
@@ -68,7 +63,6 @@ class RQVAE(nn.Module):
             mode=c.quantizer,
             ema=c.ema,
             ema_decay=c.ema_decay,
-            simvq=c.simvq,
             kmeans_init=c.kmeans_init,
             kmeans_iters=c.kmeans_iters,
             dead_code_window=c.dead_code_window,
@@ -78,18 +72,10 @@ class RQVAE(nn.Module):
             seed=c.seed,
         )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent z and the KL term (0 unless the variational bottleneck is on)."""
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent z: x + MLP(x) with the skip encoder, MLP(x) without."""
         h = self.encoder(x)
-        if self.config.skip:
-            h = x + h
-        if not self.config.vae:
-            return h, h.new_zeros(())
-        mu, logvar = h.chunk(2, dim=-1)
-        logvar = logvar.clamp(-10, 10)
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        return z, kl
+        return x + h if self.config.skip else h
 
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
         recon = self.decoder(quantized)
@@ -107,7 +93,7 @@ class RQVAE(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            z = torch.cat([self.encode(chunk)[0] for chunk in x.split(65_536)])
+            z = torch.cat([self.encode(chunk) for chunk in x.split(65_536)])
         finally:
             self.train(was_training)
         c = self.config
@@ -127,20 +113,20 @@ class RQVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> RQVAEOutput:
         c = self.config
-        z, kl = self.encode(x)
+        z = self.encode(x)
         q = self.quantizer(z)
         recon = self.decode(q.quantized)
         recon_loss = (recon - x).pow(2).sum(-1).mean()
-        loss = recon_loss + q.codebook_loss + c.beta * q.commitment_loss + c.vae_beta * kl
-        return RQVAEOutput(recon, z, q.quantized, q.codes, loss, recon_loss, q.codebook_loss, q.commitment_loss, kl)
+        loss = recon_loss + q.codebook_loss + c.beta * q.commitment_loss
+        return RQVAEOutput(recon, z, q.quantized, q.codes, loss, recon_loss, q.codebook_loss, q.commitment_loss)
 
     @torch.no_grad()
     def encode_items(self, x: torch.Tensor) -> Encoded:
-        """Codes and distances for a batch, deterministic (eval mode, VAE mean)."""
+        """Codes and distances for a batch, deterministic (eval mode)."""
         was_training = self.training
         self.eval()
         try:
-            z, _ = self.encode(x)
+            z = self.encode(x)
             q = self.quantizer(z)
             return Encoded(
                 codes=q.codes,
@@ -158,5 +144,5 @@ class RQVAE(nn.Module):
         return self.quantizer.levels[-1].distances(last_residual).sqrt()
 
     def codebooks(self) -> torch.Tensor:
-        """(L, K, latent_dim) effective codebooks (after SimVQ maps)."""
+        """(L, K, latent_dim) codebooks."""
         return torch.stack([level.codebook.detach() for level in self.quantizer.levels])

@@ -9,11 +9,10 @@ only in how they send the decoder's gradient back to the encoder:
   keeps the angle it makes with the codeword, carrying information about *where*
   in the Voronoi cell x lies instead of passing it through unchanged.
 
-(Gumbel-softmax and cosine codebooks were here once; both lost in the project's
-measurements and were removed.)
+(Gumbel-softmax, cosine and SimVQ codebooks were here once; all lost in the
+project's measurements and were removed.)
 
-Codebook options: EMA updates, SimVQ (frozen
-basis × learned linear map, Zhu et al., 2024), residual k-means init from the
+Codebook options: EMA updates, residual k-means init from the
 whole fit set (``ResidualQuantizer.init_from_data``) or k-means++ of the first
 batch, dead-code restart, and Sinkhorn-balanced assignment during training
 (LC-Rec) that spreads a batch across codes instead of piling onto a few.
@@ -104,7 +103,6 @@ class VectorQuantizer(nn.Module):
         mode: QuantizerMode = "rotation",
         ema: bool = False,
         ema_decay: float = 0.99,
-        simvq: bool = False,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
         dead_code_window: int = 100,
@@ -115,7 +113,7 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         self.dim, self.codebook_size, self.mode = dim, codebook_size, mode
-        self.ema, self.ema_decay, self.simvq = ema, ema_decay, simvq
+        self.ema, self.ema_decay = ema, ema_decay
         self.kmeans_iters, self.dead_code_window = kmeans_iters, dead_code_window
         self.use_sinkhorn, self.sinkhorn_epsilon, self.sinkhorn_iters = use_sinkhorn, sinkhorn_epsilon, sinkhorn_iters
         self.generator = torch.Generator().manual_seed(seed)
@@ -124,10 +122,6 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed", init.clone())
             self.register_buffer("ema_count", torch.ones(codebook_size))
             self.register_buffer("ema_sum", init.clone())
-        elif simvq:
-            self.register_buffer("embed", init.clone())  # frozen basis
-            self.proj = nn.Linear(dim, dim, bias=False)
-            nn.init.eye_(self.proj.weight)
         else:
             self.embed = nn.Parameter(init.clone())
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
@@ -135,13 +129,11 @@ class VectorQuantizer(nn.Module):
 
     @property
     def codebook(self) -> torch.Tensor:
-        return self.proj(self.embed) if self.simvq else self.embed
+        return self.embed
 
     @torch.no_grad()
     def _set_codewords(self, index: torch.Tensor, vectors: torch.Tensor) -> None:
-        """Place codewords ``index`` at ``vectors`` in codebook space, whatever the parameterisation."""
-        if self.simvq:  # codebook = embed @ Wᵀ, so embed = v @ (Wᵀ)⁻¹
-            vectors = vectors @ torch.linalg.pinv(self.proj.weight.T.float()).to(vectors.dtype)
+        """Place codewords ``index`` at ``vectors`` (and restart their EMA statistics there)."""
         self.embed.data[index] = vectors
         if self.ema:
             self.ema_sum[index] = vectors

@@ -84,7 +84,6 @@ class EpochMetrics:
     recon: float
     codebook: float
     commitment: float
-    kl: float
     lr: float
     steps: int
     code_usage: list[float]
@@ -134,7 +133,6 @@ class Trainer:
             "recon": out.recon_loss.item(),
             "codebook": out.codebook_loss.item(),
             "commitment": out.commitment_loss.item(),
-            "kl": out.kl_loss.item(),
             "lr": lr,
             "codes": out.codes.detach(),
         }
@@ -184,7 +182,7 @@ def fit(
             codes = last.pop("codes").cpu()
             for level in range(config.n_levels):
                 used[level, codes[:, level]] = True
-            for k in ("loss", "recon", "codebook", "commitment", "kl"):
+            for k in ("loss", "recon", "codebook", "commitment"):
                 sums[k] = sums.get(k, 0.0) + float(last[k])
             n += 1
         if n == 0:

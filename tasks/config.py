@@ -86,7 +86,6 @@ class ModelConfig(_Strict):
     sinkhorn_iters: int = Field(_MODEL.sinkhorn_iters, ge=1)
     ema: bool = _MODEL.ema
     ema_decay: float = Field(_MODEL.ema_decay, gt=0, lt=1)
-    simvq: bool = _MODEL.simvq
     kmeans_init: bool = _MODEL.kmeans_init
     kmeans_iters: int = Field(_MODEL.kmeans_iters, ge=0)
     spectral_init: bool = _MODEL.spectral_init
@@ -95,8 +94,6 @@ class ModelConfig(_Strict):
     spectral_dims: int = Field(_MODEL.spectral_dims, ge=1)
     spectral_rows: int = Field(_MODEL.spectral_rows, ge=2)
     dead_code_window: int = Field(_MODEL.dead_code_window, ge=0)
-    vae: bool = _MODEL.vae
-    vae_beta: float = Field(_MODEL.vae_beta, ge=0)
 
     def to_core(self, *, input_dim: int, seed: int) -> RQVAEConfig:
         return RQVAEConfig(input_dim=input_dim, seed=seed, **self.model_dump())

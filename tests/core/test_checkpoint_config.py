@@ -14,7 +14,7 @@ FORBIDDEN = ["ray", "prefect", "polars", "pyarrow", "s3fs", "boto3", "botocore",
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
-    cfg = RQVAEConfig(input_dim=16, hidden_dims=(32,), skip=False, embed_dim=8, codebook_size=8, ema=True, vae=True)
+    cfg = RQVAEConfig(input_dim=16, hidden_dims=(32,), skip=False, embed_dim=8, codebook_size=8, ema=True, sinkhorn=True)
     model = RQVAE(config=cfg)
     model.train()
     model(torch.randn(64, 16))  # k-means init + EMA buffers change state
@@ -39,7 +39,7 @@ def test_checkpoint_is_not_a_pickle(tmp_path):
     "bad",
     [
         dict(codebook_size=0), dict(n_levels=0), dict(skip=False, embed_dim=0), dict(quantizer="nope"), dict(ema_decay=1.5),
-        dict(ema=True, simvq=True), dict(embed_dim=32), dict(skip=False), dict(vae=True),
+        dict(embed_dim=32), dict(skip=False), dict(beta=-0.1),
     ],
 )
 def test_config_rejects_out_of_range_values(bad):
@@ -55,6 +55,20 @@ def test_a_checkpoint_from_before_the_skip_encoder_loads_as_the_mlp_bottleneck_i
     del d["skip"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     assert load_checkpoint(tmp_path).config == old
+
+
+@pytest.mark.parametrize("removed", ["cosine", "simvq", "vae"])
+def test_a_checkpoint_that_used_a_removed_option_is_refused_and_one_that_did_not_loads(tmp_path, removed):
+    """Options that lost in the project's measurements were deleted: a model that used one cannot be rebuilt
+    (refit it), while an older config.json that only lists them switched off loads as the model it was."""
+    cfg = RQVAEConfig(input_dim=8, hidden_dims=(8,), skip=False, embed_dim=4, codebook_size=4)
+    save_checkpoint(RQVAE(config=cfg), tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**d, removed: False, "vae_beta": 0.001}))
+    assert load_checkpoint(tmp_path).config == cfg
+    (tmp_path / "config.json").write_text(json.dumps({**d, removed: True}))
+    with pytest.raises(ValueError, match="removed after it lost"):
+        load_checkpoint(tmp_path)
 
 
 def test_config_rejects_unknown_keys():

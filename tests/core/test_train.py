@@ -92,8 +92,6 @@ def test_data_initialised_codebooks_stay_in_use_without_restarts():
         dict(quantizer="rotation"),
         dict(sinkhorn=True),
         dict(ema=False),
-        dict(simvq=True, ema=False),
-        dict(vae=True),
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )

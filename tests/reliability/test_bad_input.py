@@ -386,7 +386,7 @@ def cli(tmp_path: Path, capsys, *args: str, catalog: Path | None = None, out: Pa
         (["model.n_levels=0"], "model.n_levels"),
         (["fit.lr=-0.001"], "fit.lr"),
         (["fit.epochs=0", "fit.lr=-1"], "fit.epochs"),
-        (["model.simvq=true"], "config: Value error, simvq needs ema=false"),
+        (["model.embed_dim=32"], "config: Value error, embed_dim=32 needs skip=false"),
     ],
 )
 def test_bad_config_exits_2_naming_the_field(tmp_path, capsys, overrides, field):
