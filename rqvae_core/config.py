@@ -37,10 +37,6 @@ class RQVAEConfig:
     """How gradients cross the argmin: straight-through, or the rotation trick."""
     beta: float = 0.25
     """Commitment weight: pulls the encoder output towards its chosen codeword."""
-    sinkhorn: bool = False
-    """Balance assignments during training with Sinkhorn-Knopp (as in LC-Rec)."""
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iters: int = 3
     ema: bool = True
     """Move codewords by an exponential moving average of their assigned vectors (online k-means) instead of
     by AdamW. Why: the codebooks start at a k-means fixed point, where each codeword's minibatch gradient is
@@ -120,8 +116,13 @@ class RQVAEConfig:
         return cls(**d)
 
 
-# Keys that checkpoints written before the split carried: training-only, so a model loads without them.
-_TRAINING_ONLY_KEYS = {"lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip", "gumbel_temperature_start", "gumbel_temperature_end"}
+# Keys older checkpoints carried that only shaped training, so a model loads without them: the optimiser settings
+# (before the model/fit split) and removed options that only changed which code a training batch picked
+# (Gumbel temperatures, Sinkhorn balancing); the fitted model encodes by the same argmin.
+_TRAINING_ONLY_KEYS = {
+    "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip",
+    "gumbel_temperature_start", "gumbel_temperature_end", "sinkhorn", "sinkhorn_epsilon", "sinkhorn_iters",
+}
 
 
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:

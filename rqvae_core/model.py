@@ -66,9 +66,6 @@ class RQVAE(nn.Module):
             kmeans_init=c.kmeans_init,
             kmeans_iters=c.kmeans_iters,
             dead_code_window=c.dead_code_window,
-            use_sinkhorn=c.sinkhorn,
-            sinkhorn_epsilon=c.sinkhorn_epsilon,
-            sinkhorn_iters=c.sinkhorn_iters,
             seed=c.seed,
         )
 

@@ -81,9 +81,6 @@ class ModelConfig(_Strict):
     codebook_size: int = Field(_MODEL.codebook_size, ge=2)
     quantizer: Literal["ste", "rotation"] = _MODEL.quantizer
     beta: float = Field(_MODEL.beta, ge=0)
-    sinkhorn: bool = _MODEL.sinkhorn
-    sinkhorn_epsilon: float = Field(_MODEL.sinkhorn_epsilon, gt=0)
-    sinkhorn_iters: int = Field(_MODEL.sinkhorn_iters, ge=1)
     ema: bool = _MODEL.ema
     ema_decay: float = Field(_MODEL.ema_decay, gt=0, lt=1)
     kmeans_init: bool = _MODEL.kmeans_init

@@ -14,7 +14,7 @@ FORBIDDEN = ["ray", "prefect", "polars", "pyarrow", "s3fs", "boto3", "botocore",
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
-    cfg = RQVAEConfig(input_dim=16, hidden_dims=(32,), skip=False, embed_dim=8, codebook_size=8, ema=True, sinkhorn=True)
+    cfg = RQVAEConfig(input_dim=16, hidden_dims=(32,), skip=False, embed_dim=8, codebook_size=8, ema=True, quantizer="ste")
     model = RQVAE(config=cfg)
     model.train()
     model(torch.randn(64, 16))  # k-means init + EMA buffers change state
@@ -69,6 +69,15 @@ def test_a_checkpoint_that_used_a_removed_option_is_refused_and_one_that_did_not
     (tmp_path / "config.json").write_text(json.dumps({**d, removed: True}))
     with pytest.raises(ValueError, match="removed after it lost"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_fitted_with_sinkhorn_balancing_loads(tmp_path):
+    """Sinkhorn only changed which code a training batch picked; the model it left encodes by the same argmin."""
+    cfg = RQVAEConfig(input_dim=8, hidden_dims=(8,), codebook_size=4)
+    save_checkpoint(RQVAE(config=cfg), tmp_path)
+    d = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**d, "sinkhorn": True, "sinkhorn_epsilon": 0.05, "sinkhorn_iters": 3}))
+    assert load_checkpoint(tmp_path).config == cfg
 
 
 def test_config_rejects_unknown_keys():

@@ -90,7 +90,6 @@ def test_data_initialised_codebooks_stay_in_use_without_restarts():
     [
         dict(quantizer="ste"),
         dict(quantizer="rotation"),
-        dict(sinkhorn=True),
         dict(ema=False),
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
