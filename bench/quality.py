@@ -17,6 +17,8 @@
    run/rkmeans ratio of Recall@10 (both measured in this evaluation), and a
    coherence table: share of each item's 10 nearest neighbours (cosine, run's
    embeddings) sharing its first 1/2/3 codes, and distinct prefixes per depth.
+   The table ends with the ID-free next-item counts (tasks/evaluate/reference.py):
+   a retriever below them is undertrained at this budget.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def measure(args: argparse.Namespace, out: TextIO) -> int:
     from flows.evaluate import EvaluateParams, evaluate
     from flows.retokenize import retokenize
     from tasks.config import load_config
-    from tasks.evaluate.report import kmeans_ratios, paired_lines
+    from tasks.evaluate.report import below_reference_lines, kmeans_ratios, paired_lines
 
     t0 = time.perf_counter()
     prefix = args.run
@@ -127,13 +129,16 @@ def measure(args: argparse.Namespace, out: TextIO) -> int:
         t = v["test"]
         rows.append([name, *[f"{t[m]['mean']:.4f} ± {t[m]['se']:.4f}" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")],
                      "/".join(map(str, v["steps"])), f"{v['train_seconds']:.0f}", f"{v['eval_seconds']:.0f}", f"{v['cpu_seconds']:.0f}"])
+    ref = payload["reference"]  # the ID-free next-item counts: how far the retriever is from what counts alone know
+    rows.append([f"({ref['name']}, no IDs)", *[f"{ref['test'][m]['mean']:.4f} ± {ref['test'][m]['se']:.4f}" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")],
+                 "-", "-", f"{ref['seconds']:.0f}", "-"])
     _print_table(rows, out)
     sets = payload["id_sets"]
     for name, base_name, ratio in kmeans_ratios(payload):
         a, b = sets[name]["test"]["recall@10"], sets[base_name]["test"]["recall@10"]
         se = ratio * math.hypot(a["se"] / a["mean"], b["se"] / b["mean"]) if a["mean"] and b["mean"] else float("nan")
         print(f"Recall@10 {name} / {base_name} (same evaluation): {ratio:.3f} ± {se:.3f}", file=out)
-    for line in paired_lines(payload):
+    for line in paired_lines(payload) + below_reference_lines(payload):
         print(line, file=out)
     print(file=out)
     _print_table(coherence_rows(payload, prefix), out)

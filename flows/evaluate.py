@@ -22,7 +22,7 @@ from tasks import storage
 from tasks.evaluate import stage
 from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet
 from tasks.evaluate.interactions import Sequences, read_interactions, restrict_to_known
-from tasks.evaluate.report import markdown_table, paired_section, summarize_id_set
+from tasks.evaluate.report import below_reference_lines, markdown_table, paired_section, summarize_id_set
 from tasks.evaluate.retriever import RetrieverConfig
 from tasks.logs import stage_logger
 from tasks.ray_runtime import ray_session
@@ -119,6 +119,12 @@ def train_task(id_sets: list[IdSet], sequences: Sequences, params: EvaluateParam
     return stage.train_and_score(id_sets, sequences, config=config, seeds=params.seeds, plan=plan)
 
 
+@task(name="evaluate-reference", cache_policy=NO_CACHE)
+def reference_task(run: stage.RunIds, sequences: Sequences, params: EvaluateParams) -> dict[str, Any]:
+    """The ID-free next-item counts on the same split (seconds): how far the retriever is from what counts alone know."""
+    return stage.reference_entry(run.ids, sequences, max_history=params.max_history)
+
+
 @task(name="evaluate-report", cache_policy=NO_CACHE)
 def report_task(eval_uri: str, payload: dict[str, Any], results: list[EvalResult]) -> str:
     stage.write_evaluation(eval_uri, payload, stage.ranks_table(results))
@@ -137,6 +143,7 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
     work = storage.join(eval_uri, "_work")
     run, sequences = load_task(params)
     stage.check_no_leak(run.manifest, params.interactions)
+    reference = reference_task(run, sequences, params)
     with ray_session():
         baselines, vectors_info = baselines_task(run, params, work)
         id_sets = [run.ids, *baselines]
@@ -164,6 +171,9 @@ def evaluate(params: EvaluateParams) -> dict[str, Any]:
         payload["id_sets"][ids.name] = summarize_id_set(kind=kinds[ids.name], sha256=stage.ids_hash(ids), n_items=len(ids.item_ids),
                                                         dropped=dropped[ids.name], results=by_set[ids.name])
     payload["paired"] = paired_section(by_set, kinds)
+    payload["reference"] = reference
+    for line in below_reference_lines(payload):
+        stage_logger("evaluate").warning(line)
     payload["n_users"] = next(iter(payload["id_sets"].values()))["n_users"]
     payload["wall_seconds"] = round(time.perf_counter() - t0, 3)
     report_task(eval_uri, payload, results)

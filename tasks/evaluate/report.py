@@ -66,6 +66,20 @@ def kmeans_ratios(payload: dict[str, Any], *, metric: str = "recall@10") -> list
     return [(name, b, r) for b in ("rkmeans", "rkmeans_fused") for name, r in ratio_vs(payload, baseline=b, metric=metric).items()]
 
 
+def below_reference_lines(payload: dict[str, Any], *, metric: str = "recall@10") -> list[str]:
+    """A warning when an ID set's retriever scores below the ID-free next-item counts (:mod:`tasks.evaluate.reference`)."""
+    ref = payload.get("reference")  # evaluations written before it existed have none
+    if not ref:
+        return []
+    bar = ref["test"][metric]["mean"]
+    below = [f"{name} {v['test'][metric]['mean']:.4f}" for name, v in payload["id_sets"].items() if v["test"][metric]["mean"] < bar]
+    if not below:
+        return []
+    return [f"{metric} below the ID-free {ref['name']} ({bar:.4f}): {', '.join(below)}. The retriever is undertrained at this "
+            "budget, so the table ranks how fast each ID set starts to be learned rather than the IDs; raise --steps or "
+            "--time-budget (a GPU helps) before drawing conclusions"]
+
+
 def table_rows(payload: dict[str, Any]) -> list[list[str]]:
     rows = [["ID set", *[f"{m} ± s.e." for m in METRICS], "steps", "train s", "eval s"]]
     for name, v in payload["id_sets"].items():
@@ -76,6 +90,9 @@ def table_rows(payload: dict[str, Any]) -> list[list[str]]:
             f"{v['train_seconds']:.0f}",
             f"{v['eval_seconds']:.0f}",
         ])
+    if ref := payload.get("reference"):
+        rows.append([f"({ref['name']}, no IDs)", *[f"{ref['test'][m]['mean']:.4f} ± {ref['test'][m]['se']:.4f}" for m in METRICS],
+                     "-", "-", f"{ref['seconds']:.0f}"])
     return rows
 
 
@@ -85,7 +102,7 @@ def text_table(payload: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     for name, base, ratio in kmeans_ratios(payload):
         lines.append(f"recall@10 {name} / {base} = {ratio:.3f}")
-    return "\n".join(lines + paired_lines(payload))
+    return "\n".join(lines + paired_lines(payload) + below_reference_lines(payload))
 
 
 def markdown_table(payload: dict[str, Any]) -> str:
@@ -97,7 +114,7 @@ def markdown_table(payload: dict[str, Any]) -> str:
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     for name, base, ratio in kmeans_ratios(payload):
         out.append(f"\nrecall@10 `{name}` / {base} = **{ratio:.3f}**")
-    out += [f"\n{line}" for line in paired_lines(payload)]
+    out += [f"\n{line}" for line in paired_lines(payload) + below_reference_lines(payload)]
     return "\n".join(out)
 
 
@@ -136,6 +153,7 @@ def render_html(payload: dict[str, Any]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     ratios = "".join(f"<p>recall@10 <b>{html.escape(n)}</b> / {b} = <b>{r:.3f}</b></p>" for n, b, r in kmeans_ratios(payload))
     ratios += "".join(f"<p>{html.escape(line)}</p>" for line in paired_lines(payload))
+    ratios += "".join(f"<p><b>warning:</b> {html.escape(line)}</p>" for line in below_reference_lines(payload))
     inter = payload["interactions"]
     dropped = "".join(
         f"<li>{html.escape(n)}: {v['dropped']['unknown_interactions']} interactions with {v['dropped']['unknown_items']} unknown items dropped"
@@ -147,7 +165,9 @@ def render_html(payload: dict[str, Any]) -> str:
 <h1>Evaluation of {html.escape(payload['run'])}</h1>
 <p>TIGER protocol: leave-one-out over {payload['n_users']} users, T5 retriever trained from scratch, beam {payload['config']['beam']} constrained to valid IDs.
 Seeds {payload['config']['seeds']}; budget {html.escape(str(payload['config'].get('steps') or str(payload['config'].get('time_budget_s')) + ' s'))}; test metrics, mean over seeds ± standard error (users and seeds).</p>
-<h2>Comparison (test)</h2><table><tr>{head}</tr>{body}</table>{ratios}
+<h2>Comparison (test)</h2><table><tr>{head}</tr>{body}</table>
+<p>The row without IDs ranks items by how often they followed the user's last item in training, then by popularity (no model):
+a retriever below it has not yet learned what those counts know.</p>{ratios}
 <h2>Learning curves (validation subsample)</h2>{_curve_svg(payload, 'val_ndcg_10', 'NDCG@10')}{_curve_svg(payload, 'val_recall_10', 'Recall@10')}
 <h2>Data</h2><p>interactions {html.escape(inter['uri'])} (sha256 {inter['sha256'][:16]}…): {inter['users']} users, {inter['interactions']} interactions.</p><ul>{dropped}</ul>
 <p>wall time {payload['wall_seconds']:.0f} s</p></body></html>

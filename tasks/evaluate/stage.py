@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,6 +38,7 @@ import pyarrow as pa
 
 from tasks import storage
 from tasks.errors import BadInput
+from tasks.evaluate import reference
 from tasks.evaluate.baselines import baseline_ids
 from tasks.evaluate.engine import EvalConfig, EvalResult, IdSet, evaluate_ids, prepare
 from tasks.evaluate.interactions import Sequences
@@ -254,6 +256,16 @@ def train_and_score_in_process(id_sets: list[IdSet], sequences: Sequences, *, co
         data = prepare(ids, sequences, max_history=config.max_history)
         out.extend(evaluate_ids(ids, data, config=config, seed=s, log=log) for s in seeds)
     return out
+
+
+def reference_entry(ids: IdSet, sequences: Sequences, *, max_history: int) -> dict[str, Any]:
+    """evaluation.json's ``reference``: the ID-free next-item counts (:mod:`tasks.evaluate.reference`) on the users and
+    split the ID sets are scored on (the run's items)."""
+    t0 = time.perf_counter()
+    data = prepare(ids, sequences, max_history=max_history)
+    test = reference.score(data.split, n_items=len(ids.item_ids))
+    return {"name": reference.NAME, "n_users": data.n_users, "test": {m: v.to_dict() for m, v in test.items()},
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 # --------------------------------------------------------------------------- output

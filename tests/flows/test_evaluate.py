@@ -85,6 +85,16 @@ def test_cli_evaluates_run_and_baselines_on_ray_train_workers(tiny_run, capsys):
         run_m, base_m = (ev["id_sets"][p[k]]["test"]["ndcg@10"]["mean"] for k in ("id_set", "baseline"))
         assert p["test"]["ndcg@10"]["mean"] == pytest.approx(run_m - base_m, abs=1e-12)
     assert "recall@10 run:shop/r1 - random, paired by user" in out
+    # the ID-free next-item counts on the same users and split, in the table, with a warning for the sets below them
+    from tasks.evaluate import prepare, read_interactions, reference, stage
+
+    ref = ev["reference"]
+    run_ids = stage.load_run_ids(prefix).ids
+    expected = reference.score(prepare(run_ids, read_interactions(inter)).split, n_items=len(run_ids.item_ids))
+    assert ref["n_users"] == 80 and ref["test"] == {m: v.to_dict() for m, v in expected.items()}
+    assert "(next-item counts, no IDs)" in out and "(next-item counts, no IDs)" in page
+    below = [n for n, v in ev["id_sets"].items() if v["test"]["recall@10"]["mean"] < ref["test"]["recall@10"]["mean"]]
+    assert ("recall@10 below the ID-free next-item counts" in out) == bool(below)
     # the log sits beside the run's own, one file per (run, eval id)
     log = Path(prefix).parent / "_logs" / "r1-evaluate-e1.log"
     assert log.stat().st_size > 0
