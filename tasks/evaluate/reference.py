@@ -5,9 +5,9 @@ under a budget. When the budget is small it has not yet learned what plain
 first-order transition counts already know, and then the comparison between
 ID sets measures how fast a small model starts to learn from each of them, not
 how good the IDs are once it has. On Amazon Beauty (TIGER protocol) these counts
-score test Recall@10 0.066, about what the TIGER paper reports for its own
-retriever (0.065), while this project's retriever reaches 0.028 after 1,500
-CPU steps. A retriever below this line is undertrained for the question asked.
+score test Recall@10 0.066, while this project's retriever reaches 0.021-0.029
+after 1,500 CPU steps. A retriever below this line is undertrained for the
+question asked.
 
 Ranking, per user: the items that followed the user's last history item in the
 training examples, by count; then every other item; ties by how often the item
