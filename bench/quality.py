@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace, out: TextIO) -> int:
     from flows.evaluate import EvaluateParams, evaluate
     from flows.retokenize import retokenize
     from tasks.config import load_config
-    from tasks.evaluate.report import below_reference_lines, kmeans_ratios, paired_lines
+    from tasks.evaluate.report import below_reference_lines, kmeans_ratios, paired_lines, reference_cells
 
     t0 = time.perf_counter()
     prefix = args.run
@@ -129,9 +129,8 @@ def measure(args: argparse.Namespace, out: TextIO) -> int:
         t = v["test"]
         rows.append([name, *[f"{t[m]['mean']:.4f} ± {t[m]['se']:.4f}" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")],
                      "/".join(map(str, v["steps"])), f"{v['train_seconds']:.0f}", f"{v['eval_seconds']:.0f}", f"{v['cpu_seconds']:.0f}"])
-    ref = payload["reference"]  # the ID-free next-item counts: how far the retriever is from what counts alone know
-    rows.append([f"({ref['name']}, no IDs)", *[f"{ref['test'][m]['mean']:.4f} ± {ref['test'][m]['se']:.4f}" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")],
-                 "-", "-", f"{ref['seconds']:.0f}", "-"])
+    # the ID-free next-item counts: how far the retriever is from what counts alone know
+    rows.append([*reference_cells(payload), "-", "-", f"{payload['reference']['seconds']:.0f}", "-"])
     _print_table(rows, out)
     sets = payload["id_sets"]
     for name, base_name, ratio in kmeans_ratios(payload):

@@ -80,6 +80,14 @@ def below_reference_lines(payload: dict[str, Any], *, metric: str = "recall@10")
             "--time-budget (a GPU helps) before drawing conclusions"]
 
 
+def reference_cells(payload: dict[str, Any]) -> list[str] | None:
+    """The ID-free reference's label and test ``METRICS`` cells (mean ± s.e.) for a table row; None when the payload has none."""
+    ref = payload.get("reference")  # evaluations written before it existed have none
+    if not ref:
+        return None
+    return [f"({ref['name']}, no IDs)", *[f"{ref['test'][m]['mean']:.4f} ± {ref['test'][m]['se']:.4f}" for m in METRICS]]
+
+
 def table_rows(payload: dict[str, Any]) -> list[list[str]]:
     rows = [["ID set", *[f"{m} ± s.e." for m in METRICS], "steps", "train s", "eval s"]]
     for name, v in payload["id_sets"].items():
@@ -90,9 +98,8 @@ def table_rows(payload: dict[str, Any]) -> list[list[str]]:
             f"{v['train_seconds']:.0f}",
             f"{v['eval_seconds']:.0f}",
         ])
-    if ref := payload.get("reference"):
-        rows.append([f"({ref['name']}, no IDs)", *[f"{ref['test'][m]['mean']:.4f} ± {ref['test'][m]['se']:.4f}" for m in METRICS],
-                     "-", "-", f"{ref['seconds']:.0f}"])
+    if cells := reference_cells(payload):
+        rows.append([*cells, "-", "-", f"{payload['reference']['seconds']:.0f}"])
     return rows
 
 
