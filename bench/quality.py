@@ -108,7 +108,7 @@ def measure(args: argparse.Namespace, out: TextIO) -> int:
     from flows.evaluate import EvaluateParams, evaluate
     from flows.retokenize import retokenize
     from tasks.config import load_config
-    from tasks.evaluate.report import below_reference_lines, kmeans_ratios, paired_lines, reference_cells
+    from tasks.evaluate.report import below_reference_lines, kmeans_ratios, metric_cells, paired_lines, reference_cells
 
     t0 = time.perf_counter()
     prefix = args.run
@@ -126,8 +126,7 @@ def measure(args: argparse.Namespace, out: TextIO) -> int:
           f"{payload['n_users']} users, seeds {seeds}, {args.steps} steps x batch {payload['config']['batch_size']}, torch {torch.get_num_threads()} thread(s)\n", file=out)
     rows = [["ID set", "R@5", "R@10", "N@5", "N@10", "steps", "train s", "eval s", "cpu s"]]
     for name, v in payload["id_sets"].items():
-        t = v["test"]
-        rows.append([name, *[f"{t[m]['mean']:.4f} ± {t[m]['se']:.4f}" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")],
+        rows.append([name, *metric_cells(v["test"]),
                      "/".join(map(str, v["steps"])), f"{v['train_seconds']:.0f}", f"{v['eval_seconds']:.0f}", f"{v['cpu_seconds']:.0f}"])
     # the ID-free next-item counts: how far the retriever is from what counts alone know
     rows.append([*reference_cells(payload), "-", "-", f"{payload['reference']['seconds']:.0f}", "-"])

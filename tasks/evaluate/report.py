@@ -80,12 +80,17 @@ def below_reference_lines(payload: dict[str, Any], *, metric: str = "recall@10")
             "--time-budget (a GPU helps) before drawing conclusions"]
 
 
+def metric_cells(split: dict[str, Any]) -> list[str]:
+    """One split's ``METRICS`` as table cells, mean ± s.e., in ``METRICS`` order."""
+    return [f"{split[m]['mean']:.4f} ± {split[m]['se']:.4f}" for m in METRICS]
+
+
 def reference_cells(payload: dict[str, Any]) -> list[str] | None:
-    """The ID-free reference's label and test ``METRICS`` cells (mean ± s.e.) for a table row; None when the payload has none."""
+    """The ID-free reference's label and test ``METRICS`` cells for a table row; None when the payload has none."""
     ref = payload.get("reference")  # evaluations written before it existed have none
     if not ref:
         return None
-    return [f"({ref['name']}, no IDs)", *[f"{ref['test'][m]['mean']:.4f} ± {ref['test'][m]['se']:.4f}" for m in METRICS]]
+    return [f"({ref['name']}, no IDs)", *metric_cells(ref["test"])]
 
 
 def table_rows(payload: dict[str, Any]) -> list[list[str]]:
@@ -93,7 +98,7 @@ def table_rows(payload: dict[str, Any]) -> list[list[str]]:
     for name, v in payload["id_sets"].items():
         rows.append([
             name,
-            *[f"{v['test'][m]['mean']:.4f} ± {v['test'][m]['se']:.4f}" for m in METRICS],
+            *metric_cells(v["test"]),
             "/".join(str(s) for s in v["steps"]),
             f"{v['train_seconds']:.0f}",
             f"{v['eval_seconds']:.0f}",
